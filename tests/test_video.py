@@ -1,0 +1,214 @@
+"""Tests for diff2lip_jax.video: PyAV read/write round trips, stills, atomic writes, errors."""
+
+import fractions
+import pathlib
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from diff2lip_jax import video
+from diff2lip_jax.video import Video, VideoError, read_video, write_video
+
+SR = 16000
+
+
+def _frames(n: int, h: int, w: int) -> np.ndarray:
+  """Smooth, codec-friendly test frames: gradients that change per frame."""
+  yy, xx = np.mgrid[0:h, 0:w]
+  out = np.empty((n, h, w, 3), np.uint8)
+  for i in range(n):
+    out[i, ..., 0] = (xx * 255 // max(w - 1, 1)).astype(np.uint8)
+    out[i, ..., 1] = (yy * 255 // max(h - 1, 1)).astype(np.uint8)
+    out[i, ..., 2] = (40 + 6 * i) % 256
+  return out
+
+
+def _tone(seconds: float, freq: float = 440.0) -> np.ndarray:
+  t = np.arange(int(seconds * SR)) / SR
+  return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _streams(path: pathlib.Path) -> dict:
+  with av.open(str(path)) as c:
+    info = {}
+    for s in c.streams:
+      info[s.type] = dict(codec=s.codec_context.name,
+                          duration=float(s.duration * s.time_base) if s.duration else None,
+                          rate=s.codec_context.sample_rate if s.type == "audio" else None,
+                          channels=s.codec_context.channels if s.type == "audio" else None,
+                          pix_fmt=s.codec_context.pix_fmt if s.type == "video" else None)
+    return info
+
+
+@pytest.mark.parametrize("hw", [(64, 96), (63, 95), (48, 33)])
+def test_round_trip_with_audio(tmp_path, hw):
+  h, w = hw
+  n, fps = 30, 25.0
+  frames = _frames(n, h, w)
+  out = tmp_path / "out.mp4"
+  write_video(out, frames, fps, audio=_tone(2.0), sample_rate=SR)  # audio longer: trimmed
+  v = read_video(out)
+  assert isinstance(v, Video)
+  assert v.frames.shape == (n, h, w, 3) and v.frames.dtype == np.uint8
+  assert v.fps == pytest.approx(fps)
+  np.testing.assert_allclose(v.times, np.arange(n) / fps, atol=1e-6)
+  assert v.times.dtype == np.float64
+  # Lossy, but close on smooth content.
+  assert np.abs(v.frames.astype(np.int16) - frames).mean() < 3.0
+  info = _streams(out)
+  assert info["video"]["codec"] == "h264"
+  assert info["video"]["pix_fmt"] == ("yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p")
+  assert info["audio"]["codec"] == "aac"
+  assert info["audio"]["rate"] == SR and info["audio"]["channels"] == 1
+  assert abs(info["audio"]["duration"] - n / fps) <= 1.0 / fps
+  assert not list(tmp_path.glob(".*part*")), "temporary file left behind"
+
+
+def test_short_audio_is_padded_and_aligned(tmp_path):
+  n, fps = 50, 25
+  tone = _tone(0.5)  # 0.5 s for a 2 s video
+  out = tmp_path / "pad.mp4"
+  write_video(out, _frames(n, 32, 32), fps, audio=tone)
+  info = _streams(out)
+  assert abs(info["audio"]["duration"] - n / fps) <= 1.0 / fps
+  with av.open(str(out)) as c:
+    pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
+  # No shift: encoder priming is removed on decode; silence after the tone.
+  assert np.abs(pcm[1000:7000] - tone[1000:7000]).mean() < 0.01
+  assert np.abs(pcm[9000:30000]).max() < 0.01
+
+
+def test_silent_video_and_fractional_fps(tmp_path):
+  out = tmp_path / "silent.mp4"
+  write_video(out, _frames(12, 40, 40), fractions.Fraction(30000, 1001))
+  v = read_video(out)
+  assert v.frames.shape[0] == 12
+  assert v.fps == pytest.approx(30000 / 1001, rel=1e-6)
+  assert "audio" not in _streams(out)
+
+
+def test_pad_mode_keeps_yuv420p(tmp_path):
+  out = tmp_path / "padded.mp4"
+  write_video(out, _frames(5, 31, 45), 25, odd_size="pad")
+  v = read_video(out)
+  assert v.frames.shape == (5, 32, 46, 3)
+  assert _streams(out)["video"]["pix_fmt"] == "yuv420p"
+
+
+def test_max_frames(tmp_path):
+  out = tmp_path / "m.mp4"
+  write_video(out, _frames(20, 32, 32), 25)
+  assert read_video(out, max_frames=7).frames.shape[0] == 7
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
+  out = tmp_path / "fail.mp4"
+  calls = {"n": 0}
+  real = av.VideoFrame.from_ndarray
+
+  def flaky(*args, **kwargs):
+    calls["n"] += 1
+    if calls["n"] == 5:
+      raise RuntimeError("simulated crash mid-encode")
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(video.av.VideoFrame, "from_ndarray", flaky)
+  with pytest.raises(RuntimeError, match="simulated"):
+    write_video(out, _frames(10, 32, 32), 25, audio=_tone(1.0))
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+  out = tmp_path / "keep.mp4"
+  out.write_bytes(b"previous result")
+  with pytest.raises(VideoError):
+    write_video(out, np.zeros((3, 8, 8), np.uint8), 25)  # bad shape
+  with pytest.raises(VideoError):
+    write_video(out, _frames(3, 16, 16), 25, audio=np.full(100, np.nan, np.float32))
+  assert out.read_bytes() == b"previous result"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.mp4"]
+
+
+def test_overwrite_existing(tmp_path):
+  out = tmp_path / "o.mp4"
+  write_video(out, _frames(4, 16, 16), 25)
+  write_video(out, _frames(6, 16, 16), 25)
+  assert read_video(out).frames.shape[0] == 6
+
+
+def test_still_image(tmp_path):
+  img = _frames(1, 37, 51)[0]
+  for name in ("still.png", "still.jpg"):
+    p = tmp_path / name
+    Image.fromarray(img).save(p)
+    v = read_video(p, still_fps=30.0)
+    assert v.frames.shape == (1, 37, 51, 3) and v.frames.dtype == np.uint8
+    assert v.fps == 30.0
+    np.testing.assert_array_equal(v.times, [0.0])
+    if name.endswith(".png"):
+      np.testing.assert_array_equal(v.frames[0], img)
+  assert read_video(tmp_path / "still.png").fps == 25.0
+
+
+def test_example_face_png():
+  p = pathlib.Path(__file__).resolve().parents[1] / "examples" / "face.png"
+  v = read_video(p)
+  assert v.frames.shape == (1, 512, 512, 3)
+
+
+def test_error_missing_file(tmp_path):
+  with pytest.raises(VideoError, match="not found"):
+    read_video(tmp_path / "nope.mp4")
+  with pytest.raises(VideoError, match="not found"):
+    read_video(tmp_path)  # a folder
+
+
+def test_error_garbage_bytes(tmp_path):
+  rng = np.random.default_rng(0)
+  for name in ("garbage.mp4", "garbage.png", "garbage.bin"):
+    p = tmp_path / name
+    p.write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(VideoError):
+      read_video(p)
+  empty = tmp_path / "empty.mp4"
+  empty.write_bytes(b"")
+  with pytest.raises(VideoError):
+    read_video(empty)
+
+
+def test_error_audio_only(tmp_path):
+  p = tmp_path / "speech.wav"
+  with av.open(str(p), "w") as c:
+    s = c.add_stream("pcm_s16le", rate=SR)
+    s.layout = "mono"
+    f = av.AudioFrame.from_ndarray((_tone(0.2)[None] * 32767).astype(np.int16),
+                                   format="s16", layout="mono")
+    f.sample_rate = SR
+    c.mux(s.encode(f))
+    c.mux(s.encode(None))
+  with pytest.raises(VideoError, match="no video stream"):
+    read_video(p)
+  m4a = tmp_path / "speech.m4a"
+  write_video_audio_only = av.open(str(m4a), "w")
+  with write_video_audio_only as c:
+    s = c.add_stream("aac", rate=SR)
+    s.layout = "mono"
+    f = av.AudioFrame.from_ndarray(_tone(0.2)[None], format="flt", layout="mono")
+    f.sample_rate = SR
+    c.mux(s.encode(f))
+    c.mux(s.encode(None))
+  with pytest.raises(VideoError, match="no video stream"):
+    read_video(m4a)
+
+
+def test_error_bad_write_args(tmp_path):
+  out = tmp_path / "x.mp4"
+  with pytest.raises(VideoError, match="uint8"):
+    write_video(out, _frames(2, 16, 16).astype(np.float32), 25)
+  with pytest.raises(VideoError, match="fps"):
+    write_video(out, _frames(2, 16, 16), 0)
+  with pytest.raises(VideoError, match="mono"):
+    write_video(out, _frames(2, 16, 16), 25, audio=np.zeros((100, 2), np.float32))
+  assert not out.exists()
