@@ -15,3 +15,37 @@ def upstream_dir() -> pathlib.Path:
   if not UPSTREAM.is_dir():
     pytest.fail(f"reference data missing: {UPSTREAM} (the shared/ folder beside the repo)")
   return UPSTREAM
+
+
+@pytest.fixture(scope="session")
+def small_flags(upstream_dir) -> dict:
+  """Upstream flags of the small TFGModel whose weights are in `tfg_small.npz`."""
+  import json
+  return json.loads((upstream_dir / "tfg_small_config.json").read_text())["model"]
+
+
+@pytest.fixture(scope="session")
+def small_model_params(upstream_dir, small_flags):
+  """(model, params): the small upstream model converted from `tfg_small.npz`, float32."""
+  from diff2lip_jax import checkpoint, convert
+  from diff2lip_jax.models import model_from_flags
+  model = model_from_flags(small_flags)
+  params = convert.convert_state_dict(convert.load_state_dict(upstream_dir / "tfg_small.npz"),
+                                      checkpoint.abstract_params(model))
+  return model, params
+
+
+@pytest.fixture(scope="session")
+def small_io(upstream_dir) -> dict:
+  """`tfg_small_io.npz` with image tensors moved to NHWC."""
+  import numpy as np
+  with np.load(upstream_dir / "tfg_small_io.npz") as z:
+    return {k: (z[k].transpose(0, 2, 3, 1) if z[k].ndim == 4 else z[k]) for k in z.files}
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory, upstream_dir, small_flags):
+  """A diff2lip-jax checkpoint directory converted from the small upstream model."""
+  from diff2lip_jax import convert
+  return convert.convert(upstream_dir / "tfg_small.npz",
+                         tmp_path_factory.mktemp("ckpt") / "small", small_flags)
