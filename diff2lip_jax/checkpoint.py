@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from diff2lip_jax.models import config as model_config
 from diff2lip_jax.models.unet import TFGModel
@@ -28,24 +29,25 @@ class CheckpointError(ValueError):
   """A checkpoint is missing, incomplete or does not fit its architecture."""
 
 
-def _dummy_inputs(model: TFGModel, image_size: int) -> tuple:
+def _dummy_inputs(model: TFGModel) -> tuple:
   """One frame of zeros in `TFGModel.__call__`'s positional layout, for `init`."""
+  image_size = model.image_size
   img = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
   mask = jnp.zeros((1, image_size, image_size, 1), jnp.float32)
   ref = jnp.zeros((1, image_size, image_size, 3 * model.nrefer), jnp.float32) if model.nrefer else None
   return img, jnp.zeros((1,), jnp.int32), img, mask, ref, jnp.zeros((1, 80, 16), jnp.float32)
 
 
-def abstract_params(model: TFGModel, image_size: int = 128) -> Any:
+def abstract_params(model: TFGModel) -> Any:
   """The params tree of `model` as `jax.ShapeDtypeStruct`s (no memory, no compute)."""
-  inputs = _dummy_inputs(model, image_size)
+  inputs = _dummy_inputs(model)
   return jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs))["params"]
 
 
-def init_params(model: TFGModel, rng: jax.Array, image_size: int = 128) -> Any:
+def init_params(model: TFGModel, rng: jax.Array) -> Any:
   """Randomly initialised params (Flax default initialisers; upstream zero-initialises its
   output convs, which would make an untrained model's ε exactly 0)."""
-  return jax.jit(model.init)(rng, *_dummy_inputs(model, image_size))["params"]
+  return jax.jit(model.init)(rng, *_dummy_inputs(model))["params"]
 
 
 def save(directory: str | os.PathLike, params: Any, flags: dict) -> pathlib.Path:
@@ -94,11 +96,28 @@ def load(directory: str | os.PathLike, dtype: Any = jnp.float32) -> tuple[TFGMod
   directory = pathlib.Path(directory).resolve()
   flags = load_flags(directory)
   model = model_config.model_from_flags(flags, dtype=dtype)
-  target = abstract_params(model, int(model_config.full_flags(flags)["image_size"]))
+  target = abstract_params(model)
   try:
     params = ocp.StandardCheckpointer().restore(directory / PARAMS_DIR, target)
   except Exception as e:  # Orbax raises several types for structure/shape mismatches.
     raise CheckpointError(f"checkpoint {directory} does not match its {FLAGS_FILE} "
                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); reconvert it "
                           "with `python -m diff2lip_jax.convert`") from e
+  _check_matches(params, target, directory)
   return model, params
+
+
+def _check_matches(params: Any, target: Any, directory: pathlib.Path) -> None:
+  """Raises CheckpointError unless `params` has exactly the names and shapes of `target`.
+
+  (Orbax restores what is on disk even where a target's shapes differ.)
+  """
+  got = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(params).items()}
+  want = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(target).items()}
+  bad = sorted("/".join(k) for k in set(got) ^ set(want))
+  bad += sorted(f"{'/'.join(k)} {got[k]} != {want[k]}" for k in set(got) & set(want)
+                if got[k] != want[k])
+  if bad:
+    raise CheckpointError(f"checkpoint {directory} does not match its {FLAGS_FILE}: "
+                          f"{len(bad)} params differ (e.g. {bad[0]}); reconvert it with "
+                          "`python -m diff2lip_jax.convert`")

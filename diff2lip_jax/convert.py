@@ -24,7 +24,7 @@ import sys
 from typing import Any, Mapping
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from flax import traverse_util
 
 from diff2lip_jax import checkpoint
@@ -133,7 +133,7 @@ def convert(upstream_checkpoint: str | pathlib.Path, output_dir: str | pathlib.P
   model_flags = model_config.full_flags(model_flags or {})
   model = model_config.model_from_flags(model_flags)
   params = convert_state_dict(load_state_dict(upstream_checkpoint),
-                              checkpoint.abstract_params(model, int(model_flags["image_size"])))
+                              checkpoint.abstract_params(model))
   return checkpoint.save(output_dir, params, model_flags)
 
 
@@ -146,6 +146,8 @@ _FLAGS_FILE = flags.DEFINE_string(
 
 def main(argv):
   del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO.
   try:
     model_flags = json.loads(pathlib.Path(_FLAGS_FILE.value).read_text()) if _FLAGS_FILE.value else None
     out = convert(_UPSTREAM.value, _OUTPUT.value, model_flags)

@@ -92,6 +92,7 @@ def model_from_flags(flags: Mapping[str, Any], dtype: Any = jnp.float32,
   if f["predict_xstart"]:
     raise NotImplementedError("only epsilon prediction (predict_xstart=False) is implemented")
   return TFGModel(
+      image_size=size,
       model_channels=int(f["num_channels"]),
       out_channels=6 if f["learn_sigma"] else 3,
       num_res_blocks=int(f["num_res_blocks"]),

@@ -28,6 +28,8 @@ class TFGModel(nn.Module):
   """The Diff2Lip denoiser. Defaults are the released checkpoint's architecture (101.7 M params).
 
   Attributes:
+    image_size: side of the square crops it was built for (sets no weights; upstream's
+      channel multipliers depend on it).
     model_channels: base width (`--num_channels`).
     out_channels: 6 with learned variance (`--learn_sigma`), else 3.
     num_res_blocks: ResBlocks per level.
@@ -43,6 +45,7 @@ class TFGModel(nn.Module):
     param_dtype: parameter dtype.
   """
 
+  image_size: int = 128
   model_channels: int = 128
   out_channels: int = 6
   num_res_blocks: int = 2
