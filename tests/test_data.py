@@ -31,7 +31,8 @@ def _truncate(src: pathlib.Path, dst: pathlib.Path, fraction: float = 0.4) -> No
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> pathlib.Path:
-  """3 speakers x 2 synthetic clips of 1.2 s, plus a truncated mp4 and a 0.3 s clip."""
+  """3 speakers x 2 synthetic clips of 1.2 s, plus a truncated mp4, a 0.3 s clip and a silent
+  clip (all three must be skipped)."""
   top = tmp_path_factory.mktemp("vox")
   root = top / "dev" / "mp4"  # As the official vox2_dev_mp4 archive unpacks.
   paths = synthetic.make_synthetic_dataset(root, num_ids=3, clips_per_id=2, seconds=SECONDS,
@@ -40,7 +41,14 @@ def videos(tmp_path_factory) -> pathlib.Path:
   short = synthetic.make_clip(5, seconds=0.3)
   video.write_video(root / "id00002" / "short000000" / "00001.mp4", short.frames, 25,
                     short.audio, 16000)
+  silent = np.repeat(short.frames[:1], 40, axis=0)
+  video.write_video(root / "id00002" / "noaudio0000" / "00001.mp4", silent, 25)
   return top
+
+
+def _good_videos(videos: pathlib.Path, pattern: str = "id*") -> list[pathlib.Path]:
+  return [p for p in sorted(videos.glob(f"dev/mp4/{pattern}/*/00001.mp4"))
+          if not any(bad in str(p) for bad in ("broken", "short", "noaudio"))]
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +87,10 @@ def test_synthetic_mouth_follows_audio():
 
 
 def test_synthetic_files(videos):
-  paths = sorted(videos.glob("dev/mp4/id*/*/00001.mp4"))
-  assert len(paths) == 8
-  v = video.read_video(next(p for p in paths if "broken" not in str(p) and "short" not in
-                            str(p)))
+  assert len(sorted(videos.glob("dev/mp4/id*/*/00001.mp4"))) == 9
+  paths = _good_videos(videos)
+  assert len(paths) == 6
+  v = video.read_video(paths[0])
   assert v.frames.shape == (NUM_FRAMES, 224, 224, 3) and v.fps == 25.0
 
 
@@ -135,19 +143,31 @@ def test_windows():
   assert windows.sync_window_start(3 / 25) == 9  # int(80 * 3 / 25) = int(9.6).
 
 
+def test_resample_indices():
+  times = np.arange(60) / 30.0  # 2 s at 30 fps -> 50 frames at 25 fps, nearest in time.
+  idx = clips.resample_indices(times, 30.0, 25.0)
+  assert idx.shape == (50,) and idx[0] == 0 and np.all(np.diff(idx) >= 1)
+  assert np.abs(times[idx] - np.arange(50) / 25.0).max() <= 0.5 / 30 + 1e-9
+  np.testing.assert_array_equal(clips.resample_indices(np.arange(10) / 25.0, 25.0, 25.0),
+                                np.arange(10))
+
+
 # --- prepare / tfds ------------------------------------------------------------------------
 
 
 def test_prepare_builds_tfds_dataset(prepared, videos):
   data_dir, summary = prepared
-  assert summary.layout == "voxceleb2" and summary.total == 8
+  assert summary.layout == "voxceleb2" and summary.total == 9
   assert summary.processed == 6 and summary.reused == 0 and summary.remaining == 0
-  # The truncated file and the 0.3 s clip are skipped and reported, not fatal.
+  # The truncated, the 0.3 s and the silent clip are skipped and reported, not fatal.
   assert set(summary.skipped) == {"dev/mp4/id00001/broken00000/00001",
-                                  "dev/mp4/id00002/short000000/00001"}
+                                  "dev/mp4/id00002/short000000/00001",
+                                  "dev/mp4/id00002/noaudio0000/00001"}
   assert summary.skipped["dev/mp4/id00001/broken00000/00001"].startswith("unreadable video")
   assert summary.skipped["dev/mp4/id00002/short000000/00001"].startswith("too short")
-  assert summary.skipped_by_category() == {"unreadable video": 1, "too short": 1}
+  assert summary.skipped["dev/mp4/id00002/noaudio0000/00001"].startswith("no usable audio")
+  assert summary.skipped_by_category() == {"unreadable video": 1, "too short": 1,
+                                           "no usable audio": 1}
   assert "broken00000" in summary.format()
   assert summary.splits == {"train": 4, "val": 2}
 
@@ -184,11 +204,10 @@ def test_prepare_builds_tfds_dataset(prepared, videos):
 def test_prepare_resumes(videos, tmp_path):
   """An interrupted run (here: stopped after 2 clips) is continued without redoing clips."""
   src = tmp_path / "in"
-  for p in sorted(videos.glob("dev/mp4/id0000[12]/*/00001.mp4"))[:5]:
-    if "broken" not in str(p) and "short" not in str(p):
-      dst = src / p.relative_to(videos)
-      dst.parent.mkdir(parents=True, exist_ok=True)
-      shutil.copy(p, dst)
+  for p in _good_videos(videos, "id0000[12]"):
+    dst = src / p.relative_to(videos)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(p, dst)
   data_dir = tmp_path / "tfds"
   first = build.prepare_dataset(src, data_dir, num_workers=0, val_fraction=0.0,
                                 max_clips=2, progress=False)
@@ -215,9 +234,7 @@ def test_prepare_resumes(videos, tmp_path):
 
 
 def test_prepare_lrw_layout_detects_faces(videos, tmp_path):
-  good = [p for p in sorted(videos.glob("dev/mp4/id*/*/00001.mp4"))
-          if "broken" not in str(p) and "short" not in str(p)]
-  for p, split in zip(good, ["train", "val", "test"]):
+  for p, split in zip(_good_videos(videos), ["train", "val", "test"]):
     dst = tmp_path / "lrw" / "ABOUT" / split / "ABOUT_00001.mp4"
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(p, dst)
@@ -235,11 +252,10 @@ def test_prepare_lrw_layout_detects_faces(videos, tmp_path):
 
 def test_prepare_cli_with_workers_and_custom_name(videos, tmp_path):
   src = tmp_path / "in"
-  for p in sorted(videos.glob("dev/mp4/id00002/*/00001.mp4")):
-    if "short" not in str(p):
-      dst = src / p.relative_to(videos)
-      dst.parent.mkdir(parents=True, exist_ok=True)
-      shutil.copy(p, dst)
+  for p in _good_videos(videos, "id00002"):
+    dst = src / p.relative_to(videos)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(p, dst)
   out = subprocess.run(
       [sys.executable, "-m", "diff2lip_jax.data.prepare", f"--input_dir={src}",
        f"--data_dir={tmp_path / 'tfds'}", "--dataset_name=my_clips", "--num_workers=2",

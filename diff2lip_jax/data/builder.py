@@ -12,8 +12,8 @@ One example per clip (records in tfds' usual hashed-key order):
 
 | feature | shape, dtype | meaning |
 |---|---|---|
-| `frames` | [N, 128, 128, 3] uint8 (JPEG) | face crop of every frame, RGB |
-| `mel` | [T, 80] float32 | mel spectrogram in [-4, 4], 80 steps/s (`audio.melspectrogram`, transposed) |
+| `frames` | N x [128, 128, 3] uint8 (JPEG) | face crop of every frame, RGB (a list) |
+| `mel` | [T, 80] float32 | mel spectrogram in [-4, 4], 80 steps/s (`audio.melspectrogram`.T) |
 | `fps` | float64 | frame rate; frame j is at j / fps seconds |
 | `num_frames` | int32 | N |
 | `boxes` | [N, 4] int32 | crop box [x1, y1, x2, y2] in source-video pixels |

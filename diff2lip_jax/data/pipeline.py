@@ -11,15 +11,22 @@ deterministic given the seed, differs across seeds and epochs, and is resumable.
 
 Batch (numpy, B = per_host_batch; conventions in `windows`, spec §1.4, §4.3, §4.4):
 
-| key | shape, dtype | content |
-|---|---|---|
-| `image` | [B, 5, 128, 128, 3] uint8 | frames k .. k+4 of the clip (RGB, 0..255) |
-| `ref_img` | [B, 5, 128, 128, 3] uint8 | frames r .. r+4, a Wav2Lip "wrong window" of the same clip that does not overlap the target: |r - k| >= 5, so reference j (frame r+j) is >= 5 frames away from frame k+j |
-| `indiv_mels` | [B, 5, 80, 16] float32 | per-frame mel windows, exactly `audio.mel_windows(mel, frame_times)[k + j]` (16 steps from 0.04 s before each frame) |
-| `mel` | [B, 80, 16] float32 | sync-loss window of the clip: `mel[:, s:s+16]`, s = int(80 k / fps), no lead (Wav2Lip `crop_audio_window`) |
-| `clip_index` | [B] int64 | record index in the split (`tfds.data_source(...)[clip_index]`) |
-| `start_frame`, `ref_start` | [B] int32 | k and r |
-| `flipped` | [B] bool | whether the example was mirrored |
+  image        [B, 5, 128, 128, 3] uint8  frames k .. k+4 of the clip (RGB, 0..255)
+  ref_img      [B, 5, 128, 128, 3] uint8  frames r .. r+4, a Wav2Lip "wrong window" of the
+                                          same clip that does not overlap the target:
+                                          |r - k| >= 5, so reference j (frame r+j) is >= 5
+                                          frames away from frame k+j
+  indiv_mels   [B, 5, 80, 16] float32     per-frame mel windows, exactly
+                                          `audio.mel_windows(mel, frame_times)[k + j]`
+                                          (16 steps from 0.04 s before each frame)
+  mel          [B, 80, 16] float32        sync-loss window of the clip: mel[:, s:s+16],
+                                          s = int(80 k / fps), no lead (Wav2Lip
+                                          `crop_audio_window`)
+  clip_index   [B] int64                  record index in the split
+                                          (`tfds.data_source(...)[clip_index]`)
+  start_frame  [B] int32                  k
+  ref_start    [B] int32                  r
+  flipped      [B] bool                   whether the example was mirrored
 
 k >= 1 as in Wav2Lip (no clipped first window). With `random_flip`, half of the examples
 are mirrored left-right, target and reference frames together: the mouth shape stays the same

@@ -79,7 +79,8 @@ def sample_reference_start(start: int, num_frames: int, rng: np.random.Generator
                            nframes: int = NFRAMES) -> int:
   """Uniformly draws one of `reference_starts(start, num_frames, nframes)`."""
   low = max(int(start) - nframes + 1, 0)  # candidates 0 .. start - nframes
-  high = max(int(num_frames) - nframes - (int(start) + nframes) + 1, 0)  # start+nframes .. N-nframes
+  # start + nframes .. num_frames - nframes:
+  high = max(int(num_frames) - nframes - (int(start) + nframes) + 1, 0)
   if low + high == 0:
     raise ValueError(f"no reference window for start {start} in a {num_frames}-frame clip")
   u = int(rng.integers(low + high))
