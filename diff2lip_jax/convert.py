@@ -60,12 +60,14 @@ def _to_flax(name: str, tensor: np.ndarray, target_shape: tuple[int, ...]) -> np
   return np.ascontiguousarray(t, dtype=np.float32)
 
 
-def convert_state_dict(state_dict: Mapping[str, Any], abstract_params: Any) -> Any:
+def convert_state_dict(state_dict: Mapping[str, Any], abstract_params: Any,
+                       ignore: tuple[str, ...] = ()) -> Any:
   """Maps an upstream state_dict onto a Flax params tree.
 
   Args:
     state_dict: upstream names -> arrays (numpy or torch tensors, any float dtype).
     abstract_params: the target tree (e.g. `checkpoint.abstract_params(model)`).
+    ignore: upstream names that carry no parameters here (constant buffers); dropped.
 
   Returns:
     The params tree, float32 numpy arrays.
@@ -76,7 +78,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], abstract_params: Any) -> A
   targets = {upstream_name(k): (k, v.shape)
              for k, v in traverse_util.flatten_dict(abstract_params).items()}
   missing = sorted(set(targets) - set(state_dict))
-  unexpected = sorted(set(state_dict) - set(targets))
+  unexpected = sorted(set(state_dict) - set(targets) - set(ignore))
   problems = []
   if missing:
     problems.append(f"{len(missing)} missing: {', '.join(missing[:8])}"

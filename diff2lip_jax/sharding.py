@@ -1,0 +1,105 @@
+"""Device mesh and the one place where arrays are mapped onto it.
+
+Mesh axes (maxtext style): `data` (pure data parallelism), `fsdp` (data parallelism with
+parameters, optimizer state and EMA sharded), `model` (tensor parallelism over input
+channels; 1 unless asked for). The batch is split over `data` x `fsdp`.
+
+Parameters get *logical* axis names from their kind (`logical_axes`), and `LOGICAL_RULES` maps
+logical names to mesh axes. A dimension is only sharded over a mesh axis whose size divides
+it; otherwise it stays replicated (e.g. the 6-channel output conv).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "model")
+BATCH_AXES = ("data", "fsdp")
+
+# Logical axis -> mesh axis (None: replicated). The only sharding rules of the project.
+LOGICAL_RULES: dict[str, Any] = {
+    "batch": BATCH_AXES,
+    "out_channels": "fsdp",    # conv/dense output features
+    "in_channels": "model",    # conv/dense input features
+    "channels": None,          # biases, norm scales
+    "kernel_spatial": None,
+}
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, model: int = 1,
+              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A (data, fsdp, model) mesh over `devices` (default: all devices of all hosts).
+
+  One of the sizes may be -1: it takes the remaining devices.
+
+  Raises:
+    ValueError: the sizes do not multiply to the device count.
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  sizes = [data, fsdp, model]
+  if sizes.count(-1) > 1:
+    raise ValueError("at most one mesh axis size may be -1")
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f"{len(devices)} devices cannot be split into mesh {sizes}")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if int(np.prod(sizes)) != len(devices):
+    raise ValueError(f"mesh data={sizes[0]} x fsdp={sizes[1]} x model={sizes[2]} needs "
+                     f"{int(np.prod(sizes))} devices, have {len(devices)}")
+  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+def logical_axes(path: Sequence[Any], shape: Sequence[int]) -> tuple[Optional[str], ...]:
+  """Logical axis names of a parameter (or optimizer-state leaf) from its name and rank.
+
+  Conv kernels [kh, kw, in, out] / [k, in, out] and dense kernels [in, out] get
+  (..., "in_channels", "out_channels"); vectors get ("channels",); scalars ().
+  """
+  name = str(getattr(path[-1], "key", path[-1])) if path else ""
+  rank = len(shape)
+  if name == "kernel" and rank >= 2:
+    return ("kernel_spatial",) * (rank - 2) + ("in_channels", "out_channels")
+  if rank == 1:
+    return ("channels",)
+  return (None,) * rank
+
+
+def spec_for(logical: Sequence[Optional[str]], shape: Sequence[int], mesh: Mesh) -> P:
+  """PartitionSpec for a leaf, applying `LOGICAL_RULES` where the mesh axis size divides."""
+  spec = []
+  for name, dim in zip(logical, shape):
+    axes = LOGICAL_RULES.get(name) if name else None
+    if axes is None:
+      spec.append(None)
+      continue
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    size = int(np.prod([mesh.shape[a] for a in axes]))
+    spec.append((axes if len(axes) > 1 else axes[0]) if size > 1 and dim % size == 0 else None)
+  return P(*spec)
+
+
+def tree_shardings(tree: Any, mesh: Mesh) -> Any:
+  """NamedShardings for every leaf of a (possibly abstract) params/optimizer/EMA tree."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: NamedSharding(mesh, spec_for(logical_axes(path, x.shape), x.shape, mesh)),
+      tree)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
+  """Sharding of a batch array: leading axis over data x fsdp, the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assembles each host's slice of the batch into global arrays sharded over data x fsdp."""
+  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), v)
+          for k, v in local.items()}

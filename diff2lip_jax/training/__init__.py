@@ -1,0 +1,1 @@
+"""Training: train state, losses, the sharded train step, checkpointing, metrics, the loop."""

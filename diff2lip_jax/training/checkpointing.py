@@ -1,0 +1,72 @@
+"""Orbax checkpointing of the train state with the grain data iterator saved beside it.
+
+`DIR/checkpoints/<step>/{state,data}`: `state` is the sharded `TrainState` (StandardSave, async),
+`data` the grain iterator state of this host. Preservation: the latest `keep` checkpoints plus
+the `keep_best` with the lowest validation loss. Saves are atomic (Orbax writes to a temporary
+directory and renames). A SIGTERM (e.g. a TPU preemption notice) asks the loop to save and stop.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import signal
+import threading
+from typing import Any, Optional
+
+import grain
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+BEST_METRIC = "val_loss"
+
+
+def make_manager(workdir: str | pathlib.Path, save_every: int, keep: int = 3,
+                 keep_best: int = 1, async_save: bool = True) -> ocp.CheckpointManager:
+  """A CheckpointManager under `workdir/checkpoints` saving every `save_every` steps."""
+  policy = pp.AnyPreservationPolicy([
+      pp.LatestN(n=keep),
+      pp.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=True, n=keep_best,
+               keep_checkpoints_without_metrics=False),
+  ])
+  options = ocp.CheckpointManagerOptions(
+      save_interval_steps=save_every, preservation_policy=policy,
+      enable_async_checkpointing=async_save, create=True)
+  return ocp.CheckpointManager(pathlib.Path(workdir).resolve() / "checkpoints", options=options,
+                               item_names=("state", "data"))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any,
+         metrics: Optional[dict] = None, force: bool = False) -> bool:
+  """Saves `state` and the iterator (if it is due, or `force`); returns whether it saved."""
+  items = {"state": ocp.args.StandardSave(state)}
+  if data_iter is not None:
+    items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+  return manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any,
+            step: Optional[int] = None) -> tuple[Any, Optional[int]]:
+  """Restores the latest (or `step`) checkpoint into `abstract_state`'s shardings.
+
+  The iterator is restored in place. Returns (state, step), or (None, None) with no checkpoint.
+  """
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    return None, None
+  items = {"state": ocp.args.StandardRestore(abstract_state)}
+  if data_iter is not None:
+    items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  return restored["state"], step
+
+
+class StopSignal:
+  """Set by SIGTERM (TPU/spot preemption): the loop saves a final checkpoint and exits."""
+
+  def __init__(self):
+    self._event = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGTERM, lambda *_: self._event.set())
+
+  def __bool__(self) -> bool:
+    return self._event.is_set()
