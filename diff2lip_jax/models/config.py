@@ -45,6 +45,9 @@ RELEASED_FLAGS: dict[str, Any] = {
     "audio_as_style": True,
     "audio_as_style_encoder_mlp": False,
     "loss_variation": 0,
+    # guided-diffusion's flag; Diff2Lip ignores it and fixes the multipliers by image size. Here
+    # a non-empty value ("1,2") overrides them (tiny test/debug models only).
+    "channel_mult": "",
 }
 
 # upstream `create_model`: channel multipliers are fixed by the image size.
@@ -82,8 +85,14 @@ def model_from_flags(flags: Mapping[str, Any], dtype: Any = jnp.float32,
   """
   f = full_flags(flags)
   size = int(f["image_size"])
-  if size not in _CHANNEL_MULT:
-    raise ValueError(f"image_size {size} unsupported; upstream defines {sorted(_CHANNEL_MULT)}")
+  if f["channel_mult"]:
+    mult = f["channel_mult"]
+    channel_mult = tuple(int(m) for m in (mult.split(",") if isinstance(mult, str) else mult))
+  elif size in _CHANNEL_MULT:
+    channel_mult = _CHANNEL_MULT[size]
+  else:
+    raise ValueError(f"image_size {size} unsupported; upstream defines {sorted(_CHANNEL_MULT)} "
+                     "(or set channel_mult)")
   if f["class_cond"]:
     raise NotImplementedError("class_cond=True is not used by Diff2Lip")
   if not (f["use_audio"] and f["audio_as_style"]) or f["audio_as_style_encoder_mlp"]:
@@ -97,7 +106,7 @@ def model_from_flags(flags: Mapping[str, Any], dtype: Any = jnp.float32,
       out_channels=6 if f["learn_sigma"] else 3,
       num_res_blocks=int(f["num_res_blocks"]),
       attention_ds=tuple(size // int(r) for r in str(f["attention_resolutions"]).split(",") if r),
-      channel_mult=_CHANNEL_MULT[size],
+      channel_mult=channel_mult,
       num_heads=int(f["num_heads"]),
       num_head_channels=int(f["num_head_channels"]),
       num_heads_upsample=int(f["num_heads_upsample"]),

@@ -1,14 +1,15 @@
-"""Training metrics to TensorBoard (tensorboardX) and stdout, and sample grids as images."""
+"""Training metrics to TensorBoard (tensorboardX), stdout and `workdir/metrics.jsonl` (full
+precision, one JSON object per write), and sample grids as images."""
 
 from __future__ import annotations
 
+import json
 import pathlib
 import time
 from typing import Mapping, Optional
 
 import jax
 import numpy as np
-from absl import logging
 from PIL import Image
 
 
@@ -18,17 +19,19 @@ class MetricWriter:
   def __init__(self, workdir: str | pathlib.Path):
     self.workdir = pathlib.Path(workdir)
     self.enabled = jax.process_index() == 0
-    self._tb = None
+    self._tb = self._jsonl = None
     if self.enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
       self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+      self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")
 
   def scalars(self, step: int, values: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     for k, v in values.items():
       self._tb.add_scalar(k, float(v), step)
-    logging.info("step %d: %s", step, ", ".join(f"{k}={float(v):.4g}" for k, v in sorted(values.items())))
+    self._jsonl.write(json.dumps({"step": step, **{k: float(v) for k, v in values.items()}}) + "\n")
+    self._jsonl.flush()
     print(f"step {step}: " + ", ".join(f"{k}={float(v):.4g}" for k, v in sorted(values.items())),
           flush=True)
 
@@ -42,13 +45,10 @@ class MetricWriter:
     Image.fromarray(grid).save(path)
     return path
 
-  def flush(self) -> None:
-    if self._tb is not None:
-      self._tb.flush()
-
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+      self._jsonl.close()
 
 
 def image_grid(rows: list[np.ndarray]) -> np.ndarray:

@@ -51,6 +51,49 @@ def _to_unit(x: jax.Array, size: int) -> jax.Array:
   return x
 
 
+def denoising_terms(model: TFGModel, diffusion: Diffusion, params: Any, mb: Batch,
+                    key: jax.Array, mask: jax.Array, train: bool):
+  """Diffusion loss terms of one (micro-)batch of clips.
+
+  One timestep per clip (its 5 frames share t, so x̂_0 of a clip is consistent for the sync
+  and GAN losses); `cond_img` holds fresh noise in the masked rows (Diff2Lip training).
+
+  Returns:
+    (terms from `diffusion.training_losses` over the B*F frames, x0 [B*F, S, S, 3],
+     x̂_0 clipped and composited with the unmasked x0 [B*F, S, S, 3], frames [B, F, S, S, 3]).
+  """
+  size = model.image_size
+  frames = _to_unit(mb["image"], size)
+  b, f = frames.shape[:2]
+  x0 = frames.reshape(b * f, size, size, 3)
+  ref = _to_unit(mb["ref_img"], size).reshape(b * f, size, size, 3)
+  mels = mb["indiv_mels"].reshape(b * f, *mb["indiv_mels"].shape[2:])
+  k_t, k_noise, k_cond, k_drop = jax.random.split(key, 4)
+  t = jnp.repeat(jax.random.randint(k_t, (b,), 0, diffusion.num_timesteps), f)
+  noise = jax.random.normal(k_noise, x0.shape)
+  cond = make_cond_img(x0, mask, jax.random.normal(k_cond, x0.shape))
+  model_fn = lambda x_t, ts: model.apply(
+      {"params": params}, x_t, ts, cond, mask, ref, mels, deterministic=not train,
+      rngs={"dropout": k_drop}).astype(jnp.float32)
+  terms = training_losses(diffusion, model_fn, x0, t, noise, mask)
+  x0_hat = jnp.clip(terms["pred_xstart"], -1.0, 1.0) * mask + (1.0 - mask) * x0
+  return terms, x0, x0_hat, frames
+
+
+def make_val_loss(model: TFGModel, diffusion: Diffusion, face_hide_percentage: float = 0.5,
+                  seed: int = 0) -> Callable[[Any, Batch], jax.Array]:
+  """Jitted `val_loss(params, batch) -> []`: the mean denoising loss with fixed noise and t."""
+  mask = lower_face_mask(model.image_size, face_hide_percentage)
+
+  @jax.jit
+  def val_loss(params, batch):
+    terms = denoising_terms(model, diffusion, params, batch, jax.random.PRNGKey(seed), mask,
+                            train=False)[0]
+    return jnp.mean(terms["loss"])
+
+  return val_loss
+
+
 def make_train_step(*, model: TFGModel, diffusion: Diffusion, tx: optax.GradientTransformation,
                     weights: LossWeights, face_hide_percentage: float = 0.5,
                     ema_decay: float = 0.9999, accum_steps: int = 1,
@@ -89,20 +132,8 @@ def make_train_step(*, model: TFGModel, diffusion: Diffusion, tx: optax.Gradient
   mask = lower_face_mask(size, face_hide_percentage)
 
   def generator_loss(params, disc_params, mb, key):
-    frames = _to_unit(mb["image"], size)                          # [b, F, S, S, 3]
+    terms, x0, x0_hat, frames = denoising_terms(model, diffusion, params, mb, key, mask, train=True)
     b, f = frames.shape[:2]
-    x0 = frames.reshape(b * f, size, size, 3)
-    ref = _to_unit(mb["ref_img"], size).reshape(b * f, size, size, 3)
-    mels = mb["indiv_mels"].reshape(b * f, *mb["indiv_mels"].shape[2:])
-    k_t, k_noise, k_cond, k_drop = jax.random.split(key, 4)
-    t = jnp.repeat(jax.random.randint(k_t, (b,), 0, diffusion.num_timesteps), f)  # one t per clip
-    noise = jax.random.normal(k_noise, x0.shape)
-    cond = make_cond_img(x0, mask, jax.random.normal(k_cond, x0.shape))
-    model_fn = lambda x_t, ts: model.apply(
-        {"params": params}, x_t, ts, cond, mask, ref, mels, deterministic=False,
-        rngs={"dropout": k_drop}).astype(jnp.float32)
-    terms = training_losses(diffusion, model_fn, x0, t, noise, mask)
-    x0_hat = jnp.clip(terms["pred_xstart"], -1.0, 1.0) * mask + (1.0 - mask) * x0
     clips_hat = x0_hat.reshape(b, f, size, size, 3)
     metrics = {"loss_simple": jnp.mean(terms["loss"]), "mse": jnp.mean(terms["mse"]),
                "vb": jnp.mean(terms["vb"])}
