@@ -34,6 +34,9 @@ def _train_check(mesh: str, env: dict, devices: int) -> dict:
   return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+# Slow on a 2-core CPU (two subprocess compiles of the step, >15 min under load here); run it
+# with `python -m pytest -m slow tests/test_train.py` (issue 3 stays open on its CI cost).
+@pytest.mark.slow
 def test_sharded_step_equals_unsharded(env):
   one = _train_check("1x1", env, 1)
   mesh = _train_check("2x4", env, 8)
