@@ -15,8 +15,10 @@ crop is `frame[y1:y2, x1:x2]` (upstream's `results.append([x1, y1, x2, y2])` lay
 
 Differences from upstream, on purpose:
 * Detector: upstream uses S3FD (CNN, highest-scoring box above 0.5). Here the default is
-  dlib's HOG frontal-face detector (`DlibDetector`, highest-scoring box); an S3FD port can
-  be plugged in through `make_detector` later.
+  dlib's HOG frontal-face detector (`DlibDetector`, highest-scoring box); upstream's S3FD
+  (`diff2lip_jax.s3fd`, Flax, batched on the accelerator) is `make_detector("s3fd", path=...)`.
+* Several faces: `detect_all_frames` returns every face, and `diff2lip_jax.tracking` picks one
+  and follows it; `finalize_boxes` then pads, gap-fills and smooths within each scene.
 * Missing faces: upstream raises `ValueError('Face not detected!')` if any frame has no
   face. `find_faces` instead reports them in a `found` mask (and `missing_ranges`), and
   fills their boxes by interpolating the neighbouring detections, so the caller decides.
@@ -38,10 +40,10 @@ from tqdm.auto import tqdm
 __all__ = [
     "FaceDetector", "DlibDetector", "make_detector", "pad_boxes", "smooth_boxes",
     "find_faces", "missing_ranges", "describe_missing", "resize_bilinear", "crop_faces",
-    "paste_faces", "DETECTORS",
+    "paste_faces", "DETECTORS", "detect_all_frames", "finalize_boxes",
 ]
 
-DETECTORS = ("dlib",)
+DETECTORS = ("dlib", "s3fd")
 
 
 @runtime_checkable
@@ -147,15 +149,24 @@ def make_detector(name: str = "dlib", **kwargs) -> FaceDetector:
   """Builds a face detector by name; the single place where detectors are chosen.
 
   Args:
-    name: "dlib" (HOG, CPU). Upstream's S3FD will be added here.
-    **kwargs: passed to the detector's constructor (e.g. `upsample`, `max_side`).
+    name: "dlib" (HOG, CPU) or "s3fd" (upstream's CNN detector, on the JAX device; needs
+      `path=` to its weights, upstream's `s3fd-619a316812.pth` or a converted `.npz`).
+    **kwargs: passed to the detector's constructor (e.g. `upsample`, `max_side` for dlib;
+      `path`, `batch_size`, `dtype` for S3FD).
 
   Raises:
-    ValueError: unknown name.
+    ValueError: unknown name, or S3FD without weights.
   """
   key = name.lower().strip()
   if key == "dlib":
     return DlibDetector(**kwargs)
+  if key == "s3fd":
+    from diff2lip_jax import s3fd  # pylint: disable=g-import-not-at-top
+    path = kwargs.pop("path", None)
+    if path is None:
+      raise ValueError("the S3FD detector needs its weights: pass the path of upstream's "
+                       "s3fd-619a316812.pth (or a converted .npz), e.g. --s3fd_path")
+    return s3fd.S3FDDetector.from_path(path, **kwargs)
   raise ValueError(f"unknown face detector {name!r}; choose one of: {', '.join(DETECTORS)}")
 
 
@@ -427,4 +438,70 @@ def paste_faces(frames: np.ndarray | Sequence[np.ndarray],
   for i in range(out.shape[0]):
     x1, y1, x2, y2 = _check_box(boxes[i], h, w, i)
     out[i, y1:y2, x1:x2] = resize_bilinear(faces[i], (y2 - y1, x2 - x1))
+  return out
+
+
+def detect_all_frames(detector: FaceDetector, frames: np.ndarray | Sequence[np.ndarray]
+                      ) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Every face in every frame, with whatever the detector offers.
+
+  Uses `detector.detect_all_batch(frames)` if it exists (S3FD: one device call per batch), else
+  `detector.detect_all(frame)` per frame (dlib), else `detector.detect` (one box, score 1).
+
+  Args:
+    frames: [B, H, W, 3] uint8 RGB.
+
+  Returns:
+    B pairs (boxes [K, 4] int64 `[x1, y1, x2, y2]`, scores [K] float64), best first.
+  """
+  if hasattr(detector, "detect_all_batch"):
+    out = list(detector.detect_all_batch(frames))
+  elif hasattr(detector, "detect_all"):
+    out = [detector.detect_all(frame) for frame in frames]
+  else:
+    out = [(np.asarray(b, np.int64).reshape(1, 4), np.ones(1)) if b is not None
+           else (np.zeros((0, 4), np.int64), np.zeros((0,)))
+           for b in detector.detect(frames)]
+  if len(out) != len(frames):
+    raise RuntimeError(f"detector returned {len(out)} results for {len(frames)} frames")
+  return out
+
+
+def finalize_boxes(raw: np.ndarray, found: np.ndarray, frame_hw: tuple[int, int],
+                   pads: Sequence[int] = (0, 0, 0, 0), smooth_window: int = 5,
+                   segments: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
+  """Pads, gap-fills and smooths per-frame boxes of one tracked face, scene by scene.
+
+  Within each [start, stop) segment (scenes; default the whole video) frames with a face get
+  `pad_boxes`, frames without one get boxes interpolated from the nearest found frames of the
+  same segment, and the segment is smoothed with `smooth_boxes` (upstream's forward mean of 5).
+  A segment without any face gets full-frame boxes (its frames are passed through anyway).
+
+  Args:
+    raw: [N, 4] int detected boxes (ignored where `found` is False).
+    found: [N] bool.
+    frame_hw: (H, W).
+    pads: (top, bottom, left, right) pixels.
+    smooth_window: T of `smooth_boxes`.
+    segments: half-open frame ranges that are smoothed independently.
+
+  Returns:
+    [N, 4] int64 boxes inside the frame.
+  """
+  raw = _as_boxes(raw).astype(np.int64)
+  found = np.asarray(found, bool)
+  n = len(raw)
+  h, w = int(frame_hw[0]), int(frame_hw[1])
+  out = np.tile(np.array([0, 0, w, h], np.int64), (n, 1))
+  for a, b in (segments or [(0, n)]):
+    seg_found = found[a:b]
+    if not seg_found.any():
+      continue
+    boxes = pad_boxes(raw[a:b], pads, (h, w))
+    if not seg_found.all():
+      boxes = _interpolate_missing(boxes, seg_found)
+    out[a:b] = smooth_boxes(boxes, smooth_window)
+  # A box can only become empty through negative pads.
+  bad = (out[:, 2] <= out[:, 0]) | (out[:, 3] <= out[:, 1])
+  out[bad] = np.array([0, 0, w, h])
   return out

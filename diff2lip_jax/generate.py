@@ -2,17 +2,26 @@ r"""Lip-sync a face video (or a still image) to any speech audio with Diff2Lip.
 
   python -m diff2lip_jax.generate --video_path face.mp4 --audio_path speech.wav \
       --out_path out.mp4 --checkpoint checkpoints/diff2lip_released --timestep_respacing ddim25
+  python -m diff2lip_jax.generate --filelist pairs.txt --data_root videos/ \
+      --sample_path outputs/ --checkpoint checkpoints/diff2lip_released
 
-Pipeline (upstream `generate.py`, generic branch, spec §4-5): decode the video (a still image is
-repeated; a video shorter than the audio is played back and forth), detect one face per frame
-(dlib HOG), pad and smooth the boxes over 5 frames, crop to 128x128, pair every output frame with
-its 0.2 s mel window *at the video's own frame rate* (upstream assumes 25 fps), sample the lower
-half with the jitted DDIM sampler (one initial noise shared by all frames), paste the crops back
-and write an H.264 mp4 with the driving audio. The output has as many frames as the audio
-covers, the input's frame rate and resolution. Frames without a face pass through unchanged
-(a warning names them).
+Pipeline (upstream `generate.py`, generic branch, spec §4-5), as a stream in two passes so that
+memory does not grow with the video's length:
 
-The Python API `lipsync(...)` is what the CLI and the notebooks call.
+1. analysis (`analyze`): decode the video once; find every face in every frame (dlib HOG by
+   default, upstream's S3FD with `--s3fd_path`), detect scene cuts, pick one face (`--face`:
+   largest, index or point) and track it by box overlap; pad and smooth its boxes over 5 frames
+   within each scene; lay out the output frames on the audio's clock (any frame rate, including
+   variable; a video shorter than the audio is played back and forth, or trimmed).
+2. generation (`_generate`): chunk by chunk (`sampling_batch_size * nframes` frames), decode the
+   source frames again, crop the face to 128x128, pair each frame with its 0.2 s mel window cut at
+   the frame's own timestamp, sample the lower half with the jitted DDIM sampler (one initial
+   noise shared by all frames, so chunks join without a seam), blend the result back (feathered
+   mask + colour matching, or upstream's hard paste) and encode.
+
+Frames where the tracked face is not found pass through unchanged, with a cross-fade over a few
+frames at the edges of such runs, and are reported. `lipsync(...)` returns the frames in memory
+(for short clips and evaluation), `lipsync_to_file(...)` streams to disk (the CLI).
 """
 
 from __future__ import annotations
@@ -21,23 +30,29 @@ import dataclasses
 import os
 import pathlib
 import sys
-from typing import Any, Optional, Sequence
+import threading
+from typing import Any, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import librosa
 import numpy as np
+import scipy.signal
 from absl import app, flags, logging
 from tqdm.auto import tqdm
 
 from diff2lip_jax import audio as audio_lib
+from diff2lip_jax import blend as blend_lib
 from diff2lip_jax import checkpoint as ckpt_lib
 from diff2lip_jax import face as face_lib
+from diff2lip_jax import tracking
 from diff2lip_jax import video as video_lib
 from diff2lip_jax.diffusion import make_diffusion
 from diff2lip_jax.models import RELEASED_FLAGS, model_from_flags
 from diff2lip_jax.sampling import make_sampler
 
 RANDOM_CHECKPOINT = "random"
+AUDIO_LONGER = ("pingpong", "trim")
 
 
 class LipsyncError(ValueError):
@@ -49,15 +64,33 @@ class LipsyncResult:
   """Output of `lipsync`.
 
   frames: [N, H, W, 3] uint8 RGB at the input's resolution.
-  fps: frames per second (the input's; 25 for a still image unless `still_fps` is given).
-  audio: [S] float32 16 kHz mono driving audio, S = round(N / fps * 16000).
+  fps: frames per second (the input's nominal rate; 25 for a still image).
+  audio: [S] float32 16 kHz mono driving audio, cut to the video's duration
+    (S = round(N / fps * 16000) at a constant frame rate).
   no_face: inclusive ranges of output frames passed through unchanged for lack of a face.
+  times: [N] float64 output timestamps in seconds (k / fps at a constant frame rate; the
+    input's own timestamps for variable-frame-rate input).
+  scene_cuts: source frame indices where a new scene starts (face tracking restarted).
   """
 
   frames: np.ndarray
   fps: float
   audio: np.ndarray
   no_face: list[tuple[int, int]]
+  times: Optional[np.ndarray] = None
+  scene_cuts: list[int] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class LipsyncSummary:
+  """Output of `lipsync_to_file`: what was written (the frames are in the file)."""
+
+  out_path: pathlib.Path
+  num_frames: int
+  fps: float
+  no_face: list[tuple[int, int]]
+  times: np.ndarray
+  scene_cuts: list[int]
 
 
 def pingpong_indices(num_out: int, num_src: int) -> np.ndarray:
@@ -93,6 +126,410 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
   return np.clip(np.round((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+# ---------------------------------------------------------------------------------------------
+# Audio.
+
+
+def prepare_audio(audio: str | os.PathLike | np.ndarray,
+                  sample_rate: int = audio_lib.SAMPLE_RATE) -> np.ndarray:
+  """Driving audio as [S] float32 16 kHz mono.
+
+  Args:
+    audio: a path (any audio or video file, any rate, any channels: `audio.load_audio`), or
+      samples: [S] mono, or [S, C] / [C, S] multi-channel (the shorter axis is taken as channels
+      and averaged), at `sample_rate`.
+    sample_rate: rate of array input in Hz; resampled to 16 kHz (soxr, as `load_audio`).
+  """
+  if not isinstance(audio, np.ndarray):
+    return audio_lib.load_audio(audio)
+  wav = np.asarray(audio)
+  if wav.ndim == 2:
+    wav = wav.mean(axis=int(np.argmin(wav.shape)))
+  if wav.ndim != 1:
+    raise audio_lib.AudioError(f"audio array must be [S] or [S, channels], got {audio.shape}")
+  if np.issubdtype(wav.dtype, np.integer):
+    wav = wav / float(np.iinfo(wav.dtype).max + 1)
+  wav = wav.astype(np.float32)
+  if int(sample_rate) != audio_lib.SAMPLE_RATE:
+    wav = librosa.resample(wav, orig_sr=int(sample_rate), target_sr=audio_lib.SAMPLE_RATE,
+                           res_type=audio_lib.RESAMPLE_TYPE).astype(np.float32)
+  return wav
+
+
+def melspectrogram_blocked(wav: np.ndarray, block_steps: int = 4000) -> np.ndarray:
+  """`audio.melspectrogram(wav)` computed `block_steps` mel steps (50 s) at a time.
+
+  Same values (each STFT frame sees the same 800 samples of the zero-padded, pre-emphasised
+  signal), but the complex STFT of a long recording is never held at once: peak memory is
+  bounded by the block, not by the audio's length.
+
+  Returns:
+    [80, 1 + S // 200] float32 in [-4, 4].
+  """
+  wav = np.asarray(wav)
+  steps = 1 + len(wav) // audio_lib.HOP_LENGTH
+  if steps <= block_steps:
+    return audio_lib.melspectrogram(wav)
+  emphasised = scipy.signal.lfilter([1.0, -audio_lib.PREEMPHASIS], [1.0],
+                                    wav.astype(np.float64))
+  half = audio_lib.N_FFT // 2
+  padded = np.pad(emphasised, (half, half))  # librosa center=True, pad_mode="constant"
+  del emphasised
+  basis = audio_lib._mel_basis()  # pylint: disable=protected-access
+  min_level = np.exp(audio_lib.MIN_LEVEL_DB / 20.0 * np.log(10.0))
+  out = np.empty((audio_lib.NUM_MELS, steps), np.float32)
+  hop = audio_lib.HOP_LENGTH
+  for a in range(0, steps, block_steps):
+    b = min(steps, a + block_steps)
+    seg = padded[hop * a: hop * (b - 1) + audio_lib.N_FFT]
+    spec = np.abs(librosa.stft(seg, n_fft=audio_lib.N_FFT, hop_length=hop,
+                               win_length=audio_lib.WIN_LENGTH, window="hann", center=False))
+    db = 20.0 * np.log10(np.maximum(min_level, basis @ spec)) - audio_lib.REF_LEVEL_DB
+    norm = (2 * audio_lib.MAX_ABS_VALUE * (db - audio_lib.MIN_LEVEL_DB) / -audio_lib.MIN_LEVEL_DB
+            - audio_lib.MAX_ABS_VALUE)
+    out[:, a:b] = np.clip(norm, -audio_lib.MAX_ABS_VALUE, audio_lib.MAX_ABS_VALUE)
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning: which source frame and timestamp each output frame gets, faces, cross-fades.
+
+
+def output_timeline(times: np.ndarray, fps: float, duration: float,
+                    audio_longer: str = "pingpong"
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Source frame, timestamp and display duration of every output frame.
+
+  The audio is the clock: the output has the frames whose display interval ends within
+  `duration`. Input frame k is shown for times[k+1] - times[k] (the last one for 1/fps), so
+  constant-rate input gives floor(duration * fps) frames at k / fps, and variable-rate input keeps
+  its own timestamps. If the video is shorter than the audio, "pingpong" plays it back and forth
+  (0, 1, ..., n-1, n-2, ..., 0, 1, ...; frames played backwards keep their spacing), "trim" stops
+  at the video's end (the caller then cuts the audio). A still image (n = 1) is always repeated.
+
+  Args:
+    times: [n] increasing frame times in seconds (relative to the first frame).
+    fps: nominal frame rate (display duration of the last frame, and of each frame of a still).
+    duration: audio length in seconds.
+    audio_longer: "pingpong" or "trim".
+
+  Returns:
+    src [N] int64 source frame indices, out_times [N] float64 output timestamps (seconds from
+    0) and durations [N] float64 (seconds); N is 0 if the audio is shorter than one frame.
+  """
+  if audio_longer not in AUDIO_LONGER:
+    raise ValueError(f"audio_longer must be one of {AUDIO_LONGER}, got {audio_longer!r}")
+  times = np.asarray(times, np.float64)
+  times = times - times[0]
+  n = len(times)
+  step = 1.0 / float(fps)
+  eps = 1e-4
+  if n == 1:
+    count = int(np.floor(duration / step + eps))
+    return (np.zeros(count, np.int64), np.arange(count, dtype=np.float64) * step,
+            np.full(count, step))
+  gap = np.append(np.diff(times), step)
+  gap = np.where(gap > 0, gap, step)  # frame k is shown until frame k + 1
+  if audio_longer == "trim" or duration <= times[-1] + step + eps:
+    src, out_times, durations = np.arange(n, dtype=np.int64), times, gap
+  else:
+    period = 2 * (n - 1)
+    cycles = int(np.ceil(duration / max(2 * times[-1], step))) + 1
+    seq = pingpong_indices(n + cycles * period + 1, n)
+    src = seq[:-1]
+    # Forward k -> k+1 lasts gap[k]; backward k -> k-1 lasts times[k] - times[k-1] = gap[k-1].
+    durations = np.where(seq[1:] > src, gap[src], gap[np.minimum(src, seq[1:])])
+    out_times = np.concatenate([[0.0], np.cumsum(durations[:-1])])
+    out_times[:n] = times  # the first pass keeps the input's timestamps exactly
+  count = int(np.sum(out_times + durations <= duration + eps))
+  return src[:count], out_times[:count], durations[:count]
+
+
+def crossfade_weights(found: np.ndarray, frames: int = 3) -> np.ndarray:
+  """Blend weight of every output frame: 0 without a face, ramping up over `frames` frames.
+
+  A frame at distance d (in frames) from the nearest frame without a face gets
+  min(1, d / (frames + 1)); frames without a face get 0 (they pass through unchanged).
+
+  Args:
+    found: [N] bool, face present.
+    frames: length of the ramp (0: hard cut between generated and original frames).
+
+  Returns:
+    [N] float64 in [0, 1].
+  """
+  found = np.asarray(found, bool)
+  n = len(found)
+  if found.all() or frames <= 0:
+    return found.astype(np.float64)
+  idx = np.arange(n)
+  missing = np.flatnonzero(~found)
+  pos = np.searchsorted(missing, idx)
+  left = np.where(pos > 0, idx - missing[np.maximum(pos - 1, 0)], n + frames + 1)
+  right = np.where(pos < len(missing), missing[np.minimum(pos, len(missing) - 1)] - idx,
+                   n + frames + 1)
+  dist = np.minimum(left, right)
+  return np.clip(dist / (frames + 1.0), 0.0, 1.0)
+
+
+@dataclasses.dataclass
+class Plan:
+  """What the analysis pass found and what the generation pass will produce.
+
+  Attributes:
+    size_hw: (H, W) of the frames.
+    fps: nominal frame rate.
+    source_times: [n] float64 times of the scanned source frames.
+    boxes: [n, 4] int64 final face box per source frame (padded, smoothed).
+    found: [n] bool, the tracked face was detected in that source frame.
+    scene_cuts: source frames that start a new scene.
+    src: [N] int64 source frame of each output frame.
+    out_times: [N] float64 output timestamps in seconds.
+    out_durations: [N] float64 display duration of each output frame in seconds.
+    alpha: [N] float64 blend weight of each output frame (0: passed through).
+    vfr: whether the source has a variable frame rate (its timestamps are then written).
+  """
+
+  size_hw: tuple[int, int]
+  fps: float
+  source_times: np.ndarray
+  boxes: np.ndarray
+  found: np.ndarray
+  scene_cuts: list[int]
+  src: np.ndarray
+  out_times: np.ndarray
+  out_durations: np.ndarray
+  alpha: np.ndarray
+  vfr: bool
+
+  @property
+  def num_out(self) -> int:
+    return len(self.src)
+
+  @property
+  def out_found(self) -> np.ndarray:
+    return self.found[self.src]
+
+  @property
+  def no_face(self) -> list[tuple[int, int]]:
+    return face_lib.missing_ranges(self.out_found)
+
+  @property
+  def duration(self) -> float:
+    """Output duration in seconds: last timestamp plus its display duration."""
+    return float(self.out_times[-1] + self.out_durations[-1]) if self.num_out else 0.0
+
+
+def analyze(source: video_lib.FrameSource, duration: float, *,
+            detector: face_lib.FaceDetector,
+            selector: tracking.FaceSelector,
+            pads: Sequence[int] = (0, 0, 0, 0),
+            batch_size: int = 64,
+            smooth_window: int = 5,
+            scene_cut_threshold: float = 0.5,
+            iou_threshold: float = 0.3,
+            audio_longer: str = "pingpong",
+            crossfade_frames: int = 3,
+            progress: bool = True) -> Plan:
+  """First pass: decodes the video once, detects every face, finds scene cuts, tracks the
+  selected face, smooths its boxes and lays out the output frames (nothing is kept but boxes).
+
+  Frames beyond the audio's end (plus `smooth_window` frames of look-ahead for the smoothing)
+  are not decoded.
+
+  Raises:
+    LipsyncError: no face in any frame.
+  """
+  dets: list[tuple[np.ndarray, np.ndarray]] = []
+  cuts: list[int] = []
+  cutter = tracking.SceneCutDetector(scene_cut_threshold)
+  with tqdm(desc="face detection", unit="frame", disable=not progress) as bar:
+    for start, frames, _ in source.scan(batch_size, stop_time=duration,
+                                        extra_frames=smooth_window):
+      for j, frame in enumerate(frames):
+        if cutter.update(frame):
+          cuts.append(start + j)
+      dets.extend(face_lib.detect_all_frames(detector, frames))
+      bar.update(len(frames))
+  n = source.num_frames
+  times = np.asarray(source.times, np.float64)[:n]
+  fps = float(source.fps)
+  raw, found = tracking.track_faces(dets, selector, cuts, iou_threshold=iou_threshold,
+                                    max_gap=max(1, int(round(fps))))
+  if not found.any():
+    raise LipsyncError(f"no face found in any of the {n} frames; use a video with a visible, "
+                       "roughly frontal face (dlib's HOG detector needs faces of ~80 px or more; "
+                       "S3FD, --s3fd_path, finds smaller and turned faces)")
+  boxes = face_lib.finalize_boxes(raw, found, source.size_hw, pads, smooth_window,
+                                  tracking.segments_from_cuts(n, cuts))
+  src, out_times, durations = output_timeline(times, fps, duration, audio_longer)
+  alpha = crossfade_weights(found[src], crossfade_frames)
+  return Plan(size_hw=source.size_hw, fps=fps, source_times=times, boxes=boxes, found=found,
+              scene_cuts=cuts, src=src, out_times=out_times, out_durations=durations,
+              alpha=alpha,
+              vfr=not video_lib.is_constant_rate(times, fps))
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation pass.
+
+_SAMPLERS: dict[tuple, Any] = {}
+
+
+def get_sampler(model, timestep_respacing: str, use_ddim: bool, eta: float,
+                clip_denoised: bool, face_hide_percentage: float):
+  """A jitted frame sampler, cached so that repeated calls (filelists, tests) compile once."""
+  key = (model, timestep_respacing, use_ddim, float(eta), clip_denoised,
+         float(face_hide_percentage))
+  if key not in _SAMPLERS:
+    _SAMPLERS[key] = make_sampler(model, make_diffusion(timestep_respacing=timestep_respacing),
+                                  use_ddim=use_ddim, eta=eta, clip_denoised=clip_denoised,
+                                  face_hide_percentage=face_hide_percentage)
+  return _SAMPLERS[key]
+
+
+def _bucket(count: int, cap: int) -> int:
+  """Model batch for `count` frames: rounded up to a multiple of 8, at most `cap` (few distinct
+  shapes, so few compilations, and at most 7 padded frames)."""
+  return max(1, min(int(cap), -(-int(count) // 8) * 8))
+
+
+@dataclasses.dataclass
+class _Settings:
+  """Options of one lip-sync run (see `lipsync`)."""
+
+  timestep_respacing: str = "ddim25"
+  use_ddim: bool = True
+  eta: float = 0.0
+  clip_denoised: bool = True
+  sampling_batch_size: int = 32
+  nframes: int = 5
+  face_hide_percentage: float = 0.5
+  sampling_seed: int = 7
+  blend: str = "feather"
+  feather: float = 0.1
+  color_match: bool = True
+  progress: bool = True
+
+
+def _generate(source: video_lib.FrameSource, plan: Plan, mel: np.ndarray, model: Any,
+              params: Any, opts: _Settings, device: Any = None
+              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Second pass: yields (frames [c, H, W, 3] uint8, times [c]) chunk by chunk, in order.
+
+  A chunk is `sampling_batch_size * nframes` output frames (upstream's 160): its source frames
+  are decoded (`source.read`), the tracked face is cropped, the lower half sampled with the noise
+  shared by the whole video, and the result blended back. The device works on chunk i while
+  the host decodes and crops chunk i+1. Every frame depends only on its own crop, box, mel window
+  and the shared noise, so the output does not depend on the chunking.
+  """
+  size = model.image_size
+  sample = get_sampler(model, opts.timestep_respacing, opts.use_ddim, opts.eta,
+                       opts.clip_denoised, opts.face_hide_percentage)
+  key_noise, key_steps = jax.random.split(jax.random.key(opts.sampling_seed))
+  noise = jax.random.normal(key_noise, (1, size, size, 3), jnp.float32)
+  if device is not None:
+    params, noise = jax.device_put((params, noise), device)
+  stochastic = (not opts.use_ddim) or opts.eta > 0
+  chunk = max(1, opts.sampling_batch_size * opts.nframes)
+  out_found = plan.out_found
+  batch = _bucket(int(out_found.sum()), chunk)
+
+  def start(c0: int):
+    ks = np.arange(c0, min(c0 + chunk, plan.num_out))
+    s = plan.src[ks]
+    lo, hi = int(s.min()), int(s.max()) + 1
+    block = source.read(lo, hi)
+    frames = block[s - lo]  # a copy in output order
+    del block
+    wpos = np.flatnonzero(out_found[ks])
+    pending = []
+    if len(wpos):
+      faces = face_lib.crop_faces(frames[wpos], plan.boxes[s[wpos]], size)
+      mels = audio_lib.mel_windows(mel, plan.out_times[ks[wpos]])
+      assert len(mels) == len(wpos), (len(mels), len(wpos))
+      for b0 in range(0, len(wpos), batch):
+        m = min(batch, len(wpos) - b0)
+        take = np.arange(b0, b0 + batch).clip(max=b0 + m - 1)  # pad with the last frame
+        face = _to_unit(faces[take])
+        rng = jax.random.fold_in(key_steps, int(ks[wpos[b0]])) if stochastic else None
+        pending.append((m, sample(params, face, face, mels[take], noise, rng)))
+    return ks, s, frames, wpos, pending
+
+  def finish(job):
+    ks, s, frames, wpos, pending = job
+    if len(wpos):
+      generated = np.concatenate([_to_uint8(jax.device_get(out))[:m] for m, out in pending])
+      frames[wpos] = blend_lib.blend_faces(
+          frames[wpos], generated, plan.boxes[s[wpos]], mode=opts.blend,
+          face_hide_percentage=opts.face_hide_percentage, feather=opts.feather,
+          color_match=opts.color_match, alpha=plan.alpha[ks[wpos]])
+    return frames, plan.out_times[ks]
+
+  job = None
+  with tqdm(total=plan.num_out, desc="lip-sync", unit="frame", disable=not opts.progress) as bar:
+    for c0 in range(0, plan.num_out, chunk):
+      nxt = start(c0)
+      if job is not None:
+        out = finish(job)
+        bar.update(len(out[0]))
+        yield out
+      job = nxt
+    if job is not None:
+      out = finish(job)
+      bar.update(len(out[0]))
+      yield out
+
+
+@dataclasses.dataclass
+class _Run:
+  """A prepared run: the plan, the audio to mux and the chunk generator."""
+
+  plan: Plan
+  audio: np.ndarray
+  chunks: Iterator[tuple[np.ndarray, np.ndarray]]
+  source: video_lib.FrameSource
+
+
+def _prepare(video, audio, *, checkpoint, model_and_params, dtype, detector, s3fd_path,
+             face, pads, face_det_batch_size, audio_longer, crossfade_frames,
+             scene_cut_threshold, audio_sample_rate, opts: _Settings, device=None) -> _Run:
+  """Loads inputs, runs the analysis pass and sets up the generation pass."""
+  if opts.blend not in blend_lib.BLEND_MODES:
+    raise ValueError(f"blend must be one of {blend_lib.BLEND_MODES}, got {opts.blend!r}")
+  selector = tracking.parse_face(face)
+  wav = prepare_audio(audio, audio_sample_rate)
+  seconds = audio_lib.check_duration(wav)
+  source = video_lib.open_source(video)
+  # The checkpoint is loaded before the (long) analysis pass so that a bad one fails at once.
+  model, params = model_and_params or load_model(checkpoint, dtype)
+  if detector is None:
+    detector = (face_lib.make_detector("s3fd", path=s3fd_path, device=device) if s3fd_path
+                else face_lib.make_detector("dlib"))
+  plan = analyze(source, seconds, detector=detector, selector=selector, pads=pads,
+                 batch_size=face_det_batch_size, scene_cut_threshold=scene_cut_threshold,
+                 audio_longer=audio_longer, crossfade_frames=crossfade_frames,
+                 progress=opts.progress)
+  if plan.num_out < 1:
+    raise audio_lib.AudioError(f"audio is {seconds:.2f} s, shorter than one frame at "
+                               f"{plan.fps:g} fps; pass a longer recording")
+  if plan.no_face:
+    logging.warning("%s: those output frames pass through unchanged",
+                    face_lib.describe_missing(plan.out_found))
+  if plan.scene_cuts:
+    logging.info("scene cuts at source frames %s: face tracking restarted there",
+                 plan.scene_cuts)
+  # Every output frame at t gets the window starting 0.04 s before t; silence appended to the
+  # audio gives the last frames a full window.
+  padded = np.concatenate([wav, np.zeros(int(audio_lib.MIN_SECONDS * audio_lib.SAMPLE_RATE),
+                                         np.float32)])
+  mel = melspectrogram_blocked(padded)
+  del padded
+  out_audio = video_lib.fit_audio(wav, int(round(plan.duration * audio_lib.SAMPLE_RATE)))
+  chunks = _generate(source, plan, mel, model, params, opts, device)
+  return _Run(plan=plan, audio=out_audio, chunks=chunks, source=source)
+
+
 def lipsync(video: str | os.PathLike | video_lib.Video,
             audio: str | os.PathLike | np.ndarray,
             *,
@@ -110,94 +547,123 @@ def lipsync(video: str | os.PathLike | video_lib.Video,
             sampling_seed: int = 7,
             dtype: Any = jnp.float32,
             detector: Optional[face_lib.FaceDetector] = None,
-            progress: bool = True) -> LipsyncResult:
-  """Regenerates the lower face of every frame to match `audio`.
+            progress: bool = True,
+            blend: str = "feather",
+            feather: float = 0.1,
+            color_match: bool = True,
+            face: str | int | tracking.FaceSelector = "largest",
+            audio_longer: str = "pingpong",
+            crossfade_frames: int = 3,
+            scene_cut_threshold: float = 0.5,
+            s3fd_path: str | os.PathLike | None = None,
+            audio_sample_rate: int = audio_lib.SAMPLE_RATE,
+            device: Any = None) -> LipsyncResult:
+  """Regenerates the lower face of every frame to match `audio`; returns all frames in memory.
+
+  For long videos use `lipsync_to_file`, which streams to disk in bounded memory.
 
   Args:
     video: path of a video or still image, or a decoded `Video`.
-    audio: path of any audio (or video with an audio track), or [S] float32 16 kHz mono samples.
+    audio: path of any audio (or video with an audio track; any rate, mono or stereo), or samples
+      ([S] mono or [S, C]) at `audio_sample_rate`.
     checkpoint: checkpoint directory (`python -m diff2lip_jax.convert`), or "random".
     model_and_params: an already loaded (model, params), overriding `checkpoint`.
     timestep_respacing: "ddim25" (upstream), "ddim10", "250", ...
     use_ddim, eta, clip_denoised: sampler settings (upstream: DDIM, 0, True).
-    sampling_batch_size: clips of `nframes` frames per model batch (upstream: 32 x 5 = 160).
+    sampling_batch_size: clips of `nframes` frames per model batch (upstream: 32 x 5 = 160); also
+      the number of frames decoded and processed at a time.
     nframes: frames per clip (upstream 5); only sets the batch size at inference.
     face_det_batch_size: frames per face-detector call.
     pads: (top, bottom, left, right) pixels added to each face box (upstream `--pads`).
     face_hide_percentage: lower fraction of the crop that is regenerated (upstream 0.5).
     sampling_seed: seed of the initial noise shared by all frames.
     dtype: model computation dtype (jnp.float32 or jnp.bfloat16).
-    detector: a `face.FaceDetector`; default dlib HOG.
+    detector: a `face.FaceDetector`; default dlib HOG (S3FD if `s3fd_path` is given).
     progress: tqdm progress bars.
+    blend: "feather" (soft mask + colour matching, `blend.py`) or "hard" (upstream's paste).
+    feather: feather ramp as a fraction of the face box's shorter side.
+    color_match: match the generated lower face's colour statistics to the frame (feather).
+    face: which face with several: "largest", an index (0 = leftmost), "x,y" (a point in the
+      first frame) or a `tracking.FaceSelector`; it is tracked through the video.
+    audio_longer: "pingpong" (loop the video back and forth to the audio's length) or "trim"
+      (stop at the video's end).
+    crossfade_frames: frames over which the generated face fades in/out next to frames without
+      a face.
+    scene_cut_threshold: colour-histogram distance that counts as a scene cut (restarts face
+      tracking); > 1 disables.
+    s3fd_path: upstream S3FD weights (`.pth` or converted `.npz`): detect faces with S3FD.
+    audio_sample_rate: sample rate of array `audio`.
+    device: JAX device to run on (None: the default device).
 
   Returns:
-    A `LipsyncResult` with as many frames as the audio covers at the video's frame rate.
+    A `LipsyncResult` with as many frames as the audio covers at the video's frame rate (or
+    timestamps), and the timestamps.
 
   Raises:
     VideoError, AudioError, CheckpointError, LipsyncError (all ValueError): bad inputs, with
     a message that says what to do.
   """
-  if not isinstance(video, video_lib.Video):
-    video = video_lib.read_video(video)
-  wav = audio if isinstance(audio, np.ndarray) else audio_lib.load_audio(audio)
-  wav = np.asarray(wav, np.float32)
-  audio_lib.check_duration(wav)
-  fps = float(video.fps)
-  num_out = audio_lib.num_frames_for_audio(len(wav), fps)
-  if num_out < 1:
-    raise audio_lib.AudioError(f"audio is {len(wav) / audio_lib.SAMPLE_RATE:.2f} s, shorter than "
-                               f"one frame at {fps:g} fps; pass a longer recording")
+  opts = _Settings(timestep_respacing, use_ddim, eta, clip_denoised, sampling_batch_size,
+                   nframes, face_hide_percentage, sampling_seed, blend, feather, color_match,
+                   progress)
+  run = _prepare(video, audio, checkpoint=checkpoint, model_and_params=model_and_params,
+                 dtype=dtype, detector=detector, s3fd_path=s3fd_path, face=face, pads=pads,
+                 face_det_batch_size=face_det_batch_size, audio_longer=audio_longer,
+                 crossfade_frames=crossfade_frames, scene_cut_threshold=scene_cut_threshold,
+                 audio_sample_rate=audio_sample_rate, opts=opts, device=device)
+  try:
+    plan = run.plan
+    frames = np.empty((plan.num_out, *plan.size_hw, 3), np.uint8)
+    pos = 0
+    for chunk, _ in run.chunks:
+      frames[pos:pos + len(chunk)] = chunk
+      pos += len(chunk)
+  finally:
+    run.source.close()
+  return LipsyncResult(frames=frames, fps=plan.fps, audio=run.audio, no_face=plan.no_face,
+                       times=plan.out_times, scene_cuts=plan.scene_cuts)
 
-  # Every output frame k at t = k / fps gets the window starting 0.04 s before t; silence
-  # appended to the audio gives the last frames a full window.
-  padded = np.concatenate([wav, np.zeros(int(audio_lib.MIN_SECONDS * audio_lib.SAMPLE_RATE),
-                                         np.float32)])
-  mels = audio_lib.mel_windows(audio_lib.melspectrogram(padded),
-                               audio_lib.frame_times(num_out, fps))
-  assert len(mels) == num_out, (len(mels), num_out)
 
-  model, params = model_and_params or load_model(checkpoint, dtype)
-  src = pingpong_indices(num_out, video.num_frames)
-  used = int(src.max()) + 1
-  src_frames = video.frames[:used]
-  detector = detector or face_lib.make_detector("dlib")
-  boxes, found = face_lib.find_faces(src_frames, detector, pads=pads,
-                                     batch_size=face_det_batch_size, progress=progress)
-  if not found.any():
-    raise LipsyncError(f"no face found in any of the {used} frames; use a video with a visible, "
-                       "roughly frontal face (dlib's HOG detector needs faces of ~80 px or more)")
-  out_found = found[src]
-  no_face = face_lib.missing_ranges(out_found)
-  if no_face:
-    logging.warning("%s: those output frames pass through unchanged",
-                    face_lib.describe_missing(out_found))
+def lipsync_to_file(video: str | os.PathLike | video_lib.Video,
+                    audio: str | os.PathLike | np.ndarray,
+                    out_path: str | os.PathLike,
+                    **kwargs) -> LipsyncSummary:
+  """`lipsync`, streamed: decode -> detect -> sample -> encode chunk by chunk into `out_path`.
 
-  size = model.image_size
-  faces = face_lib.crop_faces(src_frames, boxes, size)          # [used, S, S, 3] uint8
-  diffusion = make_diffusion(timestep_respacing=timestep_respacing)
-  sample = make_sampler(model, diffusion, use_ddim=use_ddim, eta=eta, clip_denoised=clip_denoised,
-                        face_hide_percentage=face_hide_percentage)
-  key_noise, key_steps = jax.random.split(jax.random.key(sampling_seed))
-  noise = jax.random.normal(key_noise, (1, size, size, 3), jnp.float32)
-  stochastic = (not use_ddim) or eta > 0
+  Memory does not grow with the video's length (two decoding passes: one to find and track
+  the face, one to generate; only `sampling_batch_size * nframes` frames are held at a time).
+  The file (H.264 + AAC) appears only when complete. Variable-frame-rate input keeps its
+  timestamps (90 kHz time base); constant-rate input is written at its frame rate.
 
-  work = np.flatnonzero(out_found)
-  batch = min(sampling_batch_size * nframes, len(work))
-  generated = np.empty((len(work), size, size, 3), np.uint8)
-  for start in tqdm(range(0, len(work), batch), desc="sampling", unit="batch",
-                    disable=not progress):
-    idx = work[start:start + batch]
-    take = np.concatenate([idx, np.repeat(idx[-1:], batch - len(idx))])  # fixed shape: 1 compile
-    face = _to_unit(faces[src[take]])
-    out = sample(params, face, face, mels[take], noise,
-                 jax.random.fold_in(key_steps, start) if stochastic else None)
-    generated[start:start + len(idx)] = _to_uint8(out)[:len(idx)]
+  Args:
+    video, audio: as `lipsync`.
+    out_path: output video (`.mp4`).
+    **kwargs: any option of `lipsync`.
 
-  frames = video.frames[src].copy()
-  frames[work] = face_lib.paste_faces(frames[work], generated, boxes[src[work]])
-  samples = int(round(num_out / fps * audio_lib.SAMPLE_RATE))
-  wav = np.pad(wav[:samples], (0, max(0, samples - len(wav))))
-  return LipsyncResult(frames=frames, fps=fps, audio=wav, no_face=no_face)
+  Returns:
+    A `LipsyncSummary` (no frames).
+  """
+  progress = kwargs.get("progress", True)
+  opts = _Settings(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(_Settings)
+                      if f.name in kwargs})
+  opts.progress = progress
+  defaults = dict(checkpoint=RANDOM_CHECKPOINT, model_and_params=None, dtype=jnp.float32,
+                  detector=None, s3fd_path=None, face="largest", pads=(0, 0, 0, 0),
+                  face_det_batch_size=64, audio_longer="pingpong", crossfade_frames=3,
+                  scene_cut_threshold=0.5, audio_sample_rate=audio_lib.SAMPLE_RATE, device=None)
+  unknown = set(kwargs) - set(defaults)
+  if unknown:
+    raise TypeError(f"lipsync_to_file got unexpected options {sorted(unknown)}")
+  run = _prepare(video, audio, opts=opts, **{**defaults, **kwargs})
+  plan = run.plan
+  try:
+    with video_lib.VideoWriter(out_path, plan.fps, run.audio, audio_lib.SAMPLE_RATE) as writer:
+      for frames, times in run.chunks:
+        writer.write(frames, times if plan.vfr else None)
+  finally:
+    run.source.close()
+  return LipsyncSummary(out_path=pathlib.Path(out_path), num_frames=plan.num_out, fps=plan.fps,
+                        no_face=plan.no_face, times=plan.out_times, scene_cuts=plan.scene_cuts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +679,8 @@ _RESPACING = flags.DEFINE_string("timestep_respacing", "ddim25", "sampling steps
 _USE_DDIM = flags.DEFINE_boolean("use_ddim", True, "DDIM (True) or ancestral sampling")
 _ETA = flags.DEFINE_float("eta", 0.0, "DDIM eta")
 _CLIP = flags.DEFINE_boolean("clip_denoised", True, "clamp predicted x0 to [-1, 1] each step")
-_BATCH = flags.DEFINE_integer("sampling_batch_size", 32, "clips of --nframes frames per batch")
+_BATCH = flags.DEFINE_integer("sampling_batch_size", 32, "clips of --nframes frames per batch "
+                              "(also the frames decoded and held at a time)")
 _NFRAMES = flags.DEFINE_integer("nframes", 5, "frames per clip")
 _DET_BATCH = flags.DEFINE_integer("face_det_batch_size", 64, "frames per face-detector call")
 _PADS = flags.DEFINE_list("pads", ["0", "0", "0", "0"], "top,bottom,left,right box padding (px)")
@@ -221,6 +688,32 @@ _HIDE = flags.DEFINE_float("face_hide_percentage", 0.5, "lower fraction of the f
 _SEED = flags.DEFINE_integer("sampling_seed", 7, "seed of the shared initial noise")
 _DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
                            "compute dtype; auto: bfloat16 on GPU/TPU, float32 on CPU")
+_BLEND = flags.DEFINE_enum("blend", "feather", list(blend_lib.BLEND_MODES),
+                           "feather: soft mask + colour matching; hard: upstream's rectangle")
+_FEATHER = flags.DEFINE_float("feather", 0.1, "feather ramp, fraction of the face box's side")
+_COLOR = flags.DEFINE_boolean("color_match", True, "match the generated lower face's colour "
+                              "statistics to the surrounding skin (--blend=feather)")
+_FACE = flags.DEFINE_string("face", "largest", "which face with several: largest, an index "
+                            "(0 = leftmost) or a point x,y in the first frame; it is tracked")
+_AUDIO_LONGER = flags.DEFINE_enum("audio_longer", "pingpong", list(AUDIO_LONGER),
+                                  "audio longer than the video: play the video back and forth "
+                                  "(pingpong) or cut the audio (trim)")
+_CROSSFADE = flags.DEFINE_integer("crossfade_frames", 3, "frames of cross-fade next to frames "
+                                  "without a face")
+_CUT = flags.DEFINE_float("scene_cut_threshold", 0.5, "histogram distance of a scene cut "
+                          "(restarts face tracking); >1 disables")
+_S3FD = flags.DEFINE_string("s3fd_path", None, "upstream S3FD weights (s3fd-619a316812.pth, or "
+                            "an .npz from `python -m diff2lip_jax.s3fd`): detect faces with "
+                            "S3FD as upstream instead of dlib")
+_DET_MAX_SIDE = flags.DEFINE_integer("face_det_max_side", 0, "dlib: detect on a copy downscaled "
+                                     "to this longer side (faster on HD video); 0: full size")
+_FILELIST = flags.DEFINE_string("filelist", None, "batch mode: '<audio> <video>' per line, "
+                                "relative to --data_root (upstream's filelist format)")
+_DATA_ROOT = flags.DEFINE_string("data_root", ".", "folder the --filelist paths are relative to")
+_SAMPLE_PATH = flags.DEFINE_string("sample_path", "outputs", "batch mode: output folder")
+_OVERWRITE = flags.DEFINE_boolean("overwrite", False, "batch mode: redo finished outputs")
+_DISTRIBUTED = flags.DEFINE_boolean("distributed", False, "call jax.distributed.initialize() "
+                                    "(multi-host batch runs)")
 
 
 def _dtype(name: str):
@@ -229,35 +722,96 @@ def _dtype(name: str):
   return jnp.dtype(name)
 
 
+def _options(pads: list[int]) -> dict[str, Any]:
+  """`lipsync_to_file` keyword arguments from the flags."""
+  return dict(timestep_respacing=_RESPACING.value, use_ddim=_USE_DDIM.value, eta=_ETA.value,
+              clip_denoised=_CLIP.value, sampling_batch_size=_BATCH.value,
+              nframes=_NFRAMES.value, face_det_batch_size=_DET_BATCH.value, pads=pads,
+              face_hide_percentage=_HIDE.value, sampling_seed=_SEED.value,
+              blend=_BLEND.value, feather=_FEATHER.value, color_match=_COLOR.value,
+              face=tracking.parse_face(_FACE.value), audio_longer=_AUDIO_LONGER.value,
+              crossfade_frames=_CROSSFADE.value, scene_cut_threshold=_CUT.value)
+
+
+def _make_detector(device: Any = None) -> face_lib.FaceDetector:
+  """The face detector the flags ask for."""
+  if _S3FD.value:
+    return face_lib.make_detector("s3fd", path=_S3FD.value, device=device,
+                                  batch_size=min(_DET_BATCH.value, 16))
+  return face_lib.make_detector("dlib", max_side=_DET_MAX_SIDE.value or None)
+
+
+def _run_filelist(options: dict[str, Any]) -> None:
+  from diff2lip_jax import batch as batch_lib  # pylint: disable=g-import-not-at-top
+  devices = jax.local_devices()
+  lock = threading.Lock()
+  loaded: dict[Any, Any] = {}
+
+  def model_on(device):
+    """(model, params on `device`), loaded once, when the first pair needs it."""
+    with lock:
+      if "model" not in loaded:
+        loaded["model"], loaded["params"] = load_model(_CKPT.value, _dtype(_DTYPE.value))
+      if device not in loaded:
+        loaded[device] = (jax.device_put(loaded["params"], device) if len(devices) > 1
+                          else loaded["params"])
+      return loaded["model"], loaded[device]
+
+  def run_one(video, audio, out, device):
+    lipsync_to_file(video, audio, out, model_and_params=model_on(device),
+                    detector=_make_detector(device), device=device if len(devices) > 1 else None,
+                    progress=len(devices) == 1, **options)
+
+  report = batch_lib.run_filelist(_FILELIST.value, _DATA_ROOT.value, _SAMPLE_PATH.value,
+                                  run_one, overwrite=_OVERWRITE.value, devices=devices)
+  print(f"filelist: {len(report.done)} written, {len(report.skipped)} already done, "
+        f"{len(report.failed)} failed (host {jax.process_index()} of {jax.process_count()}, "
+        f"{len(devices)} device(s), {report.total} items in all)")
+  if report.failed:
+    for item, message in report.failed:
+      print(f"  line {item.line}: {item.audio} {item.video}: {message}", file=sys.stderr)
+    sys.exit(f"error: {len(report.failed)} item(s) failed; fix them and rerun (finished outputs "
+             "are skipped)")
+
+
 def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO.
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
   try:
     pads = [int(p) for p in _PADS.value]
     if len(pads) != 4:
       raise ValueError
   except ValueError:
     sys.exit(f"error: --pads needs 4 integers top,bottom,left,right; got {','.join(_PADS.value)}")
+  if _CKPT.value is None:
+    sys.exit("error: --checkpoint is required (a converted checkpoint directory, or 'random')")
+  try:
+    options = _options(pads)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  if _FILELIST.value:
+    try:
+      _run_filelist(options)
+    except ValueError as e:
+      sys.exit(f"error: {e}")
+    return
+  missing = [f"--{f.name}" for f in (_VIDEO, _AUDIO, _OUT) if f.value is None]
+  if missing:
+    sys.exit(f"error: {', '.join(missing)} required (or --filelist for batch mode)")
   out_path = pathlib.Path(_OUT.value)
   if out_path.suffix.lower() not in (".mp4", ".mov", ".mkv"):
     sys.exit(f"error: --out_path {out_path} should end in .mp4")
   try:
-    result = lipsync(_VIDEO.value, _AUDIO.value, checkpoint=_CKPT.value,
-                     timestep_respacing=_RESPACING.value, use_ddim=_USE_DDIM.value,
-                     eta=_ETA.value, clip_denoised=_CLIP.value,
-                     sampling_batch_size=_BATCH.value, nframes=_NFRAMES.value,
-                     face_det_batch_size=_DET_BATCH.value, pads=pads,
-                     face_hide_percentage=_HIDE.value, sampling_seed=_SEED.value,
-                     dtype=_dtype(_DTYPE.value))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    video_lib.write_video(out_path, result.frames, result.fps, result.audio)
+    summary = lipsync_to_file(_VIDEO.value, _AUDIO.value, out_path, checkpoint=_CKPT.value,
+                              detector=_make_detector(), dtype=_dtype(_DTYPE.value), **options)
   except ValueError as e:
     sys.exit(f"error: {e}")
-  print(f"wrote {out_path}: {len(result.frames)} frames at {result.fps:g} fps"
-        + (f"; no face in frames {result.no_face} (passed through)" if result.no_face else ""))
+  print(f"wrote {out_path}: {summary.num_frames} frames at {summary.fps:g} fps"
+        + (f"; no face in frames {summary.no_face} (passed through)" if summary.no_face else ""))
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["video_path", "audio_path", "out_path", "checkpoint"])
   app.run(main)

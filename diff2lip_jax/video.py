@@ -35,7 +35,9 @@ import av
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["VideoError", "Video", "read_video", "write_video", "IMAGE_SUFFIXES"]
+__all__ = ["VideoError", "Video", "read_video", "write_video", "VideoWriter", "FrameSource",
+           "InMemorySource", "VideoFileSource", "open_source", "fit_audio", "is_constant_rate",
+           "IMAGE_SUFFIXES", "VFR_TIME_BASE"]
 
 # Suffixes read as a single still frame with Pillow.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
@@ -213,10 +215,200 @@ def _check_audio(audio: np.ndarray) -> np.ndarray:
   if not np.issubdtype(audio.dtype, np.floating):
     raise VideoError(f"audio must be float in [-1, 1], got dtype {audio.dtype}; for int16 PCM "
                      "use audio.astype(np.float32) / 32768")
-  audio = audio.astype(np.float32)
+  audio = np.asarray(audio, np.float32)
   if not np.all(np.isfinite(audio)):
     raise VideoError("audio contains NaN or inf samples")
-  return np.clip(audio, -1.0, 1.0)
+  if audio.size and (audio.min() < -1.0 or audio.max() > 1.0):
+    audio = np.clip(audio, -1.0, 1.0)
+  return audio
+
+
+# Time base of variable-frame-rate output: 90 kHz, the MPEG convention (11 us resolution).
+VFR_TIME_BASE = fractions.Fraction(1, 90000)
+
+
+def is_constant_rate(times: np.ndarray, fps: float, tolerance: float = 1e-3) -> bool:
+  """True if `times[i] == i / fps` within `tolerance` seconds for every frame."""
+  times = np.asarray(times, np.float64)
+  return bool(np.all(np.abs(times - np.arange(len(times)) / float(fps)) <= tolerance))
+
+
+class VideoWriter:
+  """Streaming H.264 (+ mono AAC) writer: frames are encoded as they come, nothing is held.
+
+  Use as a context manager; the file is written to a hidden temporary file in the destination
+  folder and renamed over `path` only when the `with` block ends without an exception (an
+  exception, or `abort()`, removes it and leaves `path` untouched).
+
+    with VideoWriter(out, fps=25, audio=wav) as w:
+      for chunk in chunks:
+        w.write(chunk)                 # [n, H, W, 3] uint8, frame i at i / fps
+        # or w.write(chunk, times)     # [n] seconds: variable frame rate, 90 kHz time base
+
+  Args:
+    path: output file (`.mp4` recommended); missing parent folders are created.
+    fps: nominal frame rate (float or exact `fractions.Fraction`); constant-rate frames get pts
+      i/fps in time base 1/fps.
+    audio: None, or [S] float mono samples in [-1, 1] at `sample_rate`, written in full (trim or
+      pad it to the video's duration first, as `write_video` does).
+    sample_rate, crf, preset, audio_bitrate, odd_size: see `write_video`.
+  """
+
+  def __init__(self, path: str | os.PathLike, fps: float | fractions.Fraction,
+               audio: np.ndarray | None = None, sample_rate: int = 16000, *, crf: int = 18,
+               preset: str = "medium", audio_bitrate: int = 128_000,
+               odd_size: Literal["yuv444p", "pad"] = "yuv444p"):
+    if audio is not None:
+      audio = _check_audio(audio)
+      if int(sample_rate) <= 0:
+        raise VideoError(f"sample_rate must be positive, got {sample_rate}")
+    if not np.isfinite(float(fps)) or float(fps) <= 0:
+      raise VideoError(f"fps must be a positive number, got {fps}")
+    if odd_size not in ("yuv444p", "pad"):
+      raise VideoError(f'odd_size must be "yuv444p" or "pad", got {odd_size!r}')
+    self.path = pathlib.Path(path)
+    self.rate = _fps_fraction(fps)
+    self.audio = audio
+    self.sample_rate = int(sample_rate)
+    self.crf, self.preset, self.audio_bitrate, self.odd_size = crf, preset, audio_bitrate, odd_size
+    self.num_written = 0
+    self._container = None
+    self._vstream = None
+    self._astream = None
+    self._audio_pos = 0
+    self._pad = (0, 0)
+    self._vfr: bool | None = None
+    self._last_pts = -1
+    self._closed = False
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self._tmp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:8]}.part"
+                                    f"{self.path.suffix}")
+
+  def __enter__(self) -> "VideoWriter":
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    if exc_type is None:
+      self.close()
+    else:
+      self.abort()
+
+  def _open(self, h: int, w: int, vfr: bool) -> None:
+    try:
+      self._container = av.open(str(self._tmp), mode="w")
+    except (av.error.FFmpegError, ValueError) as e:
+      raise VideoError(f"cannot create {self.path}: {e}. Use a known video suffix such as .mp4 "
+                       "and a writable folder.") from e
+    pix_fmt = "yuv420p"
+    if h % 2 or w % 2:
+      if self.odd_size == "pad":
+        self._pad = (h % 2, w % 2)
+        h, w = h + h % 2, w + w % 2
+      else:
+        pix_fmt = "yuv444p"
+    vstream = self._container.add_stream("libx264", rate=self.rate)
+    vstream.width, vstream.height, vstream.pix_fmt = w, h, pix_fmt
+    vstream.options = {"crf": str(int(self.crf)), "preset": self.preset}
+    self._video_tb = VFR_TIME_BASE if vfr else fractions.Fraction(1) / self.rate
+    if vfr:
+      vstream.time_base = VFR_TIME_BASE
+      vstream.codec_context.time_base = VFR_TIME_BASE
+    self._vstream = vstream
+    self._vfr = vfr
+    if self.audio is not None:
+      astream = self._container.add_stream("aac", rate=self.sample_rate)
+      astream.layout = "mono"
+      astream.bit_rate = int(self.audio_bitrate)
+      self._astream = astream
+
+  def _encode_audio_until(self, end: int) -> None:
+    end = min(end, self.audio.shape[0])
+    chunk = 1024
+    while self._audio_pos < end:
+      stop = min(self._audio_pos + chunk, end)
+      af = av.AudioFrame.from_ndarray(self.audio[None, self._audio_pos:stop], format="flt",
+                                      layout="mono")
+      af.sample_rate = self.sample_rate
+      af.pts = self._audio_pos
+      af.time_base = fractions.Fraction(1, self.sample_rate)
+      self._container.mux(self._astream.encode(af))
+      self._audio_pos = stop
+
+  def write(self, frames: np.ndarray, times: np.ndarray | None = None) -> None:
+    """Encodes frames.
+
+    Args:
+      frames: [n, H, W, 3] uint8 RGB (the same size in every call).
+      times: None (frame i of the file at i / fps), or [n] float presentation times in seconds,
+        increasing (variable frame rate). Use the same convention in every call.
+    """
+    if self._closed:
+      raise VideoError("VideoWriter is closed")
+    frames = _check_frames(frames) if len(frames) else np.asarray(frames)
+    if len(frames) == 0:
+      return
+    vfr = times is not None
+    if self._container is None:
+      self._open(frames.shape[1], frames.shape[2], vfr)
+    elif vfr != self._vfr:
+      raise VideoError("mixing frames with and without timestamps in one VideoWriter")
+    if vfr:
+      times = np.asarray(times, np.float64).reshape(-1)
+      if len(times) != len(frames):
+        raise VideoError(f"{len(frames)} frames but {len(times)} timestamps")
+    if self._pad != (0, 0):
+      frames = np.pad(frames, ((0, 0), (0, self._pad[0]), (0, self._pad[1]), (0, 0)), mode="edge")
+    for i in range(len(frames)):
+      if vfr:
+        pts = int(round(times[i] / VFR_TIME_BASE))
+        if pts <= self._last_pts:
+          raise VideoError(f"timestamps must increase (frame {self.num_written}: {times[i]} s)")
+        end = times[i]
+      else:
+        pts = self.num_written
+        end = (self.num_written + 1) / self.rate
+      vf = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+      vf.pts = pts
+      vf.time_base = self._video_tb
+      self._container.mux(self._vstream.encode(vf))
+      self._last_pts = pts
+      self.num_written += 1
+      if self._astream is not None:  # interleave: audio up to this frame's time
+        self._encode_audio_until(int(round(float(end) * self.sample_rate)))
+
+  def close(self) -> None:
+    """Flushes the encoders and moves the file into place."""
+    if self._closed:
+      return
+    try:
+      if self._container is None:
+        raise VideoError(f"no frames were written to {self.path}")
+      if self._astream is not None:
+        self._encode_audio_until(self.audio.shape[0])
+        self._container.mux(self._astream.encode(None))
+      self._container.mux(self._vstream.encode(None))
+      self._container.close()
+      self._container = None
+      os.replace(self._tmp, self.path)
+    except av.error.FFmpegError as e:
+      self.abort()
+      raise VideoError(f"encoding {self.path} failed: {e}") from e
+    except BaseException:
+      self.abort()
+      raise
+    self._closed = True
+
+  def abort(self) -> None:
+    """Discards the partial file; `path` is left as it was."""
+    self._closed = True
+    if self._container is not None:
+      try:
+        self._container.close()
+      except Exception:  # pylint: disable=broad-except
+        pass
+      self._container = None
+    if self._tmp.exists():
+      self._tmp.unlink()
 
 
 def write_video(path: str | os.PathLike,
@@ -225,6 +417,7 @@ def write_video(path: str | os.PathLike,
                 audio: np.ndarray | None = None,
                 sample_rate: int = 16000,
                 *,
+                times: np.ndarray | None = None,
                 crf: int = 18,
                 preset: str = "medium",
                 audio_bitrate: int = 128_000,
@@ -243,8 +436,11 @@ def write_video(path: str | os.PathLike,
       `fractions.Fraction`). Frame i gets pts i/fps.
     audio: None (silent video) or [S] float mono samples in [-1, 1] (clipped) at
       `sample_rate` Hz. It is trimmed or zero-padded to round(N / fps * sample_rate)
-      samples, i.e. to the video duration (upstream trims to int(N / 25 * 16000)).
+      samples, i.e. to the video duration (upstream trims to int(N / 25 * 16000)); with
+      `times`, to `times[-1]` plus one frame at `fps`.
     sample_rate: audio sample rate in Hz (upstream: 16000).
+    times: None, or [N] increasing presentation times in seconds (variable frame rate, kept
+      to 1/90000 s); `fps` is then only the nominal rate.
     crf: libx264 constant rate factor (lower = better; upstream's torchvision writer uses
       libx264's default 23).
     preset: libx264 preset.
@@ -258,82 +454,293 @@ def write_video(path: str | os.PathLike,
   frames = _check_frames(frames)
   if audio is not None:
     audio = _check_audio(audio)
-    if int(sample_rate) <= 0:
-      raise VideoError(f"sample_rate must be positive, got {sample_rate}")
   if not np.isfinite(float(fps)) or float(fps) <= 0:
     raise VideoError(f"fps must be a positive number, got {fps}")
   rate = _fps_fraction(fps)
-  if odd_size not in ("yuv444p", "pad"):
-    raise VideoError(f'odd_size must be "yuv444p" or "pad", got {odd_size!r}')
-
-  n, h, w, _ = frames.shape
-  pix_fmt = "yuv420p"
-  if h % 2 or w % 2:
-    if odd_size == "pad":
-      frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-      h, w = frames.shape[1:3]
-    else:
-      pix_fmt = "yuv444p"
-
+  n = frames.shape[0]
   if audio is not None:
-    num_samples = int(round(n * sample_rate / rate))
-    if audio.shape[0] >= num_samples:
-      audio = audio[:num_samples]
+    if times is None:
+      num_samples = int(round(n * int(sample_rate) / rate))
     else:
-      audio = np.pad(audio, (0, num_samples - audio.shape[0]))
+      num_samples = int(round((float(np.asarray(times)[-1]) + 1 / float(rate)) * int(sample_rate)))
+    audio = fit_audio(audio, num_samples)
+  with VideoWriter(path, rate, audio, sample_rate, crf=crf, preset=preset,
+                   audio_bitrate=audio_bitrate, odd_size=odd_size) as writer:
+    writer.write(frames, times)
 
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.part{path.suffix}")
-  try:
+
+def fit_audio(audio: np.ndarray, num_samples: int) -> np.ndarray:
+  """[S] audio trimmed, or zero-padded at the end, to `num_samples` samples."""
+  audio = np.asarray(audio)
+  if audio.shape[0] >= num_samples:
+    return audio[:num_samples]
+  return np.pad(audio, (0, num_samples - audio.shape[0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Frame sources with bounded memory.
+
+
+class FrameSource:
+  """Frames of a video that can be read again by index range, without holding the video.
+
+  `scan()` decodes the whole video once, in order, yielding batches; it also records the
+  number of frames and their timestamps. Afterwards `read(start, stop)` returns any range of
+  frames (decoding forward from the current position, or seeking back to the keyframe before
+  `start`), holding only that range. Subclasses: `InMemorySource` (a decoded `Video`),
+  `VideoFileSource` (a file, decoded on demand).
+
+  Attributes (valid after `scan`):
+    num_frames: N.
+    times: [N] float64 presentation times in seconds, times[0] == 0.
+    fps: nominal frame rate.
+    size_hw: (H, W).
+  """
+
+  num_frames: int
+  times: np.ndarray
+  fps: float
+  size_hw: tuple[int, int]
+
+  def scan(self, batch_size: int = 64, stop_time: float | None = None, extra_frames: int = 0):
+    """Decodes the video once, in order, yielding (start, frames [b, H, W, 3] uint8, times [b]).
+
+    Args:
+      batch_size: frames per yielded batch.
+      stop_time: if set, stop `extra_frames` frames after the first frame whose time is
+        >= stop_time seconds (the rest of the video is never decoded; `num_frames` then counts
+        the frames scanned).
+      extra_frames: see `stop_time`.
+    """
+    raise NotImplementedError
+
+  @staticmethod
+  def _stop_index(times: np.ndarray, stop_time: float | None, extra_frames: int) -> int | None:
+    """Number of frames to scan given the times seen so far, or None if not decided yet."""
+    if stop_time is None:
+      return None
+    hit = np.flatnonzero(np.asarray(times) >= stop_time - 1e-9)
+    return None if hit.size == 0 else int(hit[0]) + 1 + int(extra_frames)
+
+  def read(self, start: int, stop: int) -> np.ndarray:
+    """Frames [stop - start, H, W, 3] uint8 RGB, 0 <= start < stop <= num_frames."""
+    raise NotImplementedError
+
+  def close(self) -> None:
+    """Releases the decoder."""
+
+
+class InMemorySource(FrameSource):
+  """A `FrameSource` over an already decoded `Video`."""
+
+  def __init__(self, video: Video):
+    self.video = video
+    self.num_frames = video.num_frames
+    self.times = np.asarray(video.times, np.float64)[:video.num_frames]
+    self.fps = float(video.fps)
+    self.size_hw = video.size_hw
+
+  def scan(self, batch_size: int = 64, stop_time: float | None = None, extra_frames: int = 0):
+    total = self.video.num_frames
+    limit = self._stop_index(self.times[:total], stop_time, extra_frames)
+    total = min(total, limit) if limit is not None else total
+    self.num_frames = total
+    for start in range(0, total, batch_size):
+      stop = min(start + batch_size, total)
+      yield start, self.video.frames[start:stop], self.times[start:stop]
+
+  def read(self, start: int, stop: int) -> np.ndarray:
+    if not 0 <= start < stop <= self.num_frames:
+      raise IndexError(f"frames [{start}, {stop}) outside [0, {self.num_frames})")
+    return self.video.frames[start:stop]
+
+
+class VideoFileSource(FrameSource):
+  """A `FrameSource` decoding a video file with PyAV on demand (bounded memory).
+
+  Seeking uses the pts recorded by `scan`; files without usable pts (raw streams) are re-read
+  from the start when a range lies behind the decoder (slow, but correct).
+  """
+
+  # Seek instead of decoding forward when the next range starts this many frames ahead.
+  SEEK_AHEAD = 300
+
+  def __init__(self, path: str | os.PathLike, still_fps: float = 25.0):
+    self.path = pathlib.Path(path)
+    self.still_fps = float(still_fps)
+    self._container = None
+    self._iter = None
+    self._next_index = 0  # index of the frame `self._iter` yields next
+    self._pts: list[int | None] = []
+    self._pts_index: dict[int, int] | None = None
+    self.num_frames = 0
+    self.times = np.zeros(0)
+    self.fps = float(still_fps)
+    self.size_hw = (0, 0)
+    self._scanned = False
+
+  def _open(self):
+    self.close()
     try:
-      container = av.open(str(tmp), mode="w")
-    except (av.error.FFmpegError, ValueError) as e:
-      raise VideoError(f"cannot create {path}: {e}. Use a known video suffix such as .mp4 "
-                       "and a writable folder.") from e
-    with container:
-      vstream = container.add_stream("libx264", rate=rate)
-      vstream.width = w
-      vstream.height = h
-      vstream.pix_fmt = pix_fmt
-      vstream.options = {"crf": str(int(crf)), "preset": preset}
-      video_tb = fractions.Fraction(1) / rate
+      self._container = av.open(str(self.path), mode="r")
+    except (av.error.FFmpegError, OSError, ValueError) as e:
+      raise VideoError(f"cannot open {self.path} as a video: {e}. Check that the file is a "
+                       "complete, valid video (try playing it).") from e
+    if not self._container.streams.video:
+      kinds = sorted({s.type for s in self._container.streams}) or ["none"]
+      self.close()
+      raise VideoError(f"{self.path} has no video stream (streams: {', '.join(kinds)}). Pass a "
+                       "video or an image of a face, not an audio-only file.")
+    stream = self._container.streams.video[0]
+    stream.thread_type = "AUTO"
+    self._stream = stream
+    return stream
 
-      astream = None
-      audio_pos = 0
-      if audio is not None:
-        astream = container.add_stream("aac", rate=int(sample_rate))
-        astream.layout = "mono"
-        astream.bit_rate = int(audio_bitrate)
-        audio_tb = fractions.Fraction(1, int(sample_rate))
+  def _frames(self):
+    """Decoded frames from the container's current position (a damaged tail ends it)."""
+    try:
+      for frame in self._container.decode(self._stream):
+        yield frame
+    except av.error.FFmpegError:
+      if not self._scanned and not self._pts:
+        raise
+      return
 
-      def encode_audio_until(end: int) -> None:
-        nonlocal audio_pos
-        chunk = 1024
-        while audio_pos < end:
-          stop = min(audio_pos + chunk, end)
-          af = av.AudioFrame.from_ndarray(audio[None, audio_pos:stop], format="flt", layout="mono")
-          af.sample_rate = int(sample_rate)
-          af.pts = audio_pos
-          af.time_base = audio_tb
-          container.mux(astream.encode(af))
-          audio_pos = stop
+  def scan(self, batch_size: int = 64, stop_time: float | None = None, extra_frames: int = 0):
+    if not self.path.is_file():
+      raise VideoError(f"video file not found: {self.path}. Check the path (and that it is a "
+                       "file, not a folder).")
+    stream = self._open()
+    self._pts, times = [], []
+    batch, batch_times, start = [], [], 0
+    shape = None
+    limit = None
+    try:
+      for frame in self._frames():
+        rgb = _frame_to_rgb(frame)
+        if shape is None:
+          shape = rgb.shape
+        elif rgb.shape != shape:
+          raise VideoError(f"{self.path} changes frame size mid-stream; re-encode it to a "
+                           "constant size first.")
+        self._pts.append(frame.pts)
+        times.append(frame.time)
+        batch.append(rgb)
+        batch_times.append(frame.time)
+        if limit is None and stop_time is not None and frame.time is not None:
+          if frame.time - (times[0] or 0.0) >= stop_time - 1e-9:
+            limit = len(times) + int(extra_frames)
+        if limit is not None and len(times) >= limit:
+          break
+        if len(batch) == batch_size:
+          yield start, np.stack(batch), self._relative(batch_times, times)
+          start += len(batch)
+          batch, batch_times = [], []
+    except av.error.FFmpegError as e:
+      raise VideoError(f"cannot decode {self.path}: {e}. The file may be truncated or use an "
+                       "unsupported codec; re-encode it to H.264 MP4.") from e
+    if batch:
+      yield start, np.stack(batch), self._relative(batch_times, times)
+    if not self._pts:
+      raise VideoError(f"{self.path} contains no decodable video frames. Check the file (try "
+                       "playing it) or re-encode it.")
+    self.num_frames = len(self._pts)
+    self.size_hw = (int(shape[0]), int(shape[1]))
+    fmt = self._container.format.name
+    still = (fmt in _IMAGE_DEMUXERS or fmt.endswith("_pipe")) and self.num_frames == 1
+    fps = None
+    if still:
+      fps = self.still_fps
+    else:
+      for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate is not None and rate > 0:
+          fps = float(rate)
+          break
+    known = [t for t in times if t is not None]
+    if fps is None:
+      fps = ((len(known) - 1) / (known[-1] - known[0])
+             if len(known) >= 2 and known[-1] > known[0] else self.still_fps)
+    self.fps = float(fps)
+    if len(known) == len(times):
+      t = np.asarray(times, np.float64)
+      self.times = t - t[0]
+    else:
+      self.times = np.arange(self.num_frames, dtype=np.float64) / self.fps
+    pts = self._pts
+    usable = all(p is not None for p in pts) and len(set(pts)) == len(pts)
+    self._pts_index = {p: i for i, p in enumerate(pts)} if usable else None
+    self._scanned = True
+    self.close()
 
-      for i in range(n):
-        vf = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
-        vf.pts = i
-        vf.time_base = video_tb
-        container.mux(vstream.encode(vf))
-        if astream is not None:
-          # Interleave: audio up to the end of this frame.
-          encode_audio_until(min(audio.shape[0], int(round((i + 1) * sample_rate / rate))))
-      if astream is not None:
-        encode_audio_until(audio.shape[0])
-        container.mux(astream.encode(None))
-      container.mux(vstream.encode(None))
-    os.replace(tmp, path)
-  except av.error.FFmpegError as e:
-    raise VideoError(f"encoding {path} failed: {e}") from e
-  finally:
-    if tmp.exists():
-      tmp.unlink()
+  def _relative(self, batch_times, all_times):
+    """Batch times relative to the first frame (NaN where the decoder gave none)."""
+    t0 = all_times[0] if all_times and all_times[0] is not None else 0.0
+    return np.asarray([(t - t0) if t is not None else np.nan for t in batch_times], np.float64)
+
+  def _restart(self, start: int) -> None:
+    """Positions the decoder so that the next frames decoded precede or equal `start`."""
+    self._open()
+    self._iter = self._frames()
+    self._next_index = 0
+    if start == 0 or self._pts_index is None:
+      return
+    try:
+      self._container.seek(int(self._pts[start]), stream=self._stream, backward=True,
+                           any_frame=False)
+    except av.error.FFmpegError:
+      self._open()
+      self._iter = self._frames()
+      return
+    self._iter = self._frames()
+    self._next_index = None  # unknown until the first frame's pts is looked up
+
+  def read(self, start: int, stop: int) -> np.ndarray:
+    if not self._scanned:
+      raise VideoError("call scan() before read()")
+    if not 0 <= start < stop <= self.num_frames:
+      raise IndexError(f"frames [{start}, {stop}) outside [0, {self.num_frames})")
+    if (self._iter is None or self._next_index is None or self._next_index > start
+        or start - self._next_index > self.SEEK_AHEAD):
+      self._restart(start)
+    out = np.empty((stop - start, *self.size_hw, 3), np.uint8)
+    got = 0
+    for attempt in range(2):
+      for frame in self._iter:
+        if self._next_index is None:  # first frame after a seek
+          index = self._pts_index.get(frame.pts) if frame.pts is not None else None
+          if index is None or index > start:
+            break  # seek landed somewhere unexpected: fall back to decoding from the start
+          self._next_index = index
+        index = self._next_index
+        self._next_index += 1
+        if index >= start:
+          out[index - start] = _frame_to_rgb(frame)
+          got = index - start + 1
+          if index + 1 >= stop:
+            return out
+      if attempt == 0:  # unexpected seek result or early end: decode from the very start
+        self._open()
+        self._iter = self._frames()
+        self._next_index = 0
+        self._pts_index = None
+    raise VideoError(f"{self.path}: could only decode {got} of frames [{start}, {stop}) on a "
+                     "second read; the file may be damaged, re-encode it")
+
+  def close(self) -> None:
+    self._iter = None
+    if self._container is not None:
+      self._container.close()
+      self._container = None
+
+
+def open_source(video: str | os.PathLike | Video, still_fps: float = 25.0) -> FrameSource:
+  """A `FrameSource` for a decoded `Video`, an image file (decoded in memory) or a video file."""
+  if isinstance(video, Video):
+    return InMemorySource(video)
+  path = pathlib.Path(video)
+  if not path.is_file():
+    raise VideoError(f"video file not found: {path}. Check the path (and that it is a file, "
+                     "not a folder).")
+  if path.suffix.lower() in IMAGE_SUFFIXES:
+    return InMemorySource(_read_still(path, still_fps))
+  return VideoFileSource(path, still_fps)

@@ -208,3 +208,19 @@ def test_crop_then_paste_is_close(astronaut, detector):
 def test_module_exports():
   for name in face.__all__:
     assert hasattr(face, name)
+
+
+def test_detect_all_frames_adapts_to_the_detector(astronaut, detector):
+  """Detectors with detect_all_batch, detect_all or only detect all give (boxes, scores)."""
+
+  class OnlyDetect:
+    def detect(self, frames):
+      return [np.array([1, 2, 30, 40]) if i == 0 else None for i in range(len(frames))]
+
+  frames = np.stack([astronaut, np.full_like(astronaut, 128)])
+  (b0, s0), (b1, s1) = face.detect_all_frames(OnlyDetect(), frames)
+  np.testing.assert_array_equal(b0, [[1, 2, 30, 40]])
+  assert b1.shape == (0, 4) and s1.shape == (0,)
+  (boxes, scores), (none, _) = face.detect_all_frames(detector, frames)
+  np.testing.assert_array_equal(boxes, detector.detect_all(astronaut)[0])
+  assert len(none) == 0

@@ -157,3 +157,162 @@ def test_cli_bad_inputs(bad_inputs, speech, small_checkpoint, tmp_path, video, a
   assert last.startswith("error: ") and message in last, r.stderr[-1500:]
   assert "Traceback" not in r.stderr
   assert not out.exists() and not list(tmp_path.iterdir())
+
+
+# --- faces, time, batch ------------------------------------------------------------------------
+
+FACE_CROP = (slice(40, 220), slice(130, 310))  # 180 x 180 around the face of face.png
+FAST = dict(sampling_batch_size=2, nframes=4)  # model batches of 8 frames: one compilation
+
+
+def _two_face_frames(n: int = 6) -> np.ndarray:
+  """[n, 360, 640, 3]: the example face on the left and a smaller mirror image on the right,
+  drifting 2 px per frame; dlib finds both."""
+  from PIL import Image
+  crop = np.array(video_lib.read_video(FACE).frames[0])[FACE_CROP]
+  small = np.asarray(Image.fromarray(crop[:, ::-1]).resize((150, 150), Image.BILINEAR))
+  out = np.full((n, 360, 640, 3), 90, np.uint8)
+  for i in range(n):
+    out[i, 60:240, 60 + 2 * i:240 + 2 * i] = crop
+    out[i, 110:260, 420 - 2 * i:570 - 2 * i] = small
+  return out
+
+
+@pytest.fixture(scope="module")
+def small_model(small_checkpoint):
+  from diff2lip_jax import checkpoint
+  return checkpoint.load(small_checkpoint)
+
+
+@pytest.mark.parametrize("face,chosen", [("0", "left"), (1, "right"), ("470,180", "right"),
+                                         ("largest", "left")])
+def test_two_faces_pick_each_and_keep_the_other(speech, small_model, face, chosen):
+  frames = _two_face_frames()
+  video = video_lib.Video(frames=frames, fps=25.0, times=np.arange(len(frames)) / 25)
+  res = lipsync(video, speech, model_and_params=small_model, timestep_respacing="ddim2",
+                face=face, audio_longer="trim", progress=False, **FAST)
+  assert len(res.frames) == len(frames) and res.no_face == []
+  left = (slice(50, 260), slice(50, 260))     # the left face's region, all frames
+  right = (slice(100, 270), slice(400, 580))
+  keep, change = (right, left) if chosen == "left" else (left, right)
+  for k in range(len(frames)):
+    np.testing.assert_array_equal(res.frames[k][keep], frames[k][keep])
+    assert np.abs(res.frames[k][change].astype(int) - frames[k][change]).max() > 30
+
+
+def _vfr_face_video(path) -> np.ndarray:
+  """12 frames of the drifting face at irregular times (variable frame rate); returns times."""
+  src = np.array(video_lib.read_video(FACE).frames[0])
+  frames = np.stack([np.roll(src, 2 * i, axis=1)[16:336, 80:400] for i in range(12)])
+  times = np.cumsum([0, 0.04, 0.02, 0.05, 0.033, 0.04, 0.06, 0.04, 0.025, 0.03, 0.05, 0.04])
+  video_lib.write_video(path, frames, 25, times=times)
+  return times
+
+
+def test_variable_frame_rate_keeps_frames_and_timestamps(tmp_path, speech, small_model):
+  from diff2lip_jax.generate import lipsync_to_file
+  times = _vfr_face_video(tmp_path / "vfr.mp4")
+  out = tmp_path / "out.mp4"
+  summary = lipsync_to_file(tmp_path / "vfr.mp4", speech, out, model_and_params=small_model,
+                            timestep_respacing="ddim2", audio_longer="trim", progress=False,
+                            **FAST)
+  got = video_lib.read_video(out)
+  assert summary.num_frames == got.num_frames == len(times)
+  np.testing.assert_allclose(got.times, times, atol=2e-3)
+  # Pingpong (the default) continues the timeline with the same spacing, played backwards.
+  res = lipsync(tmp_path / "vfr.mp4", speech, model_and_params=small_model,
+                timestep_respacing="ddim2", progress=False, **FAST)
+  np.testing.assert_allclose(res.times[:12], times, atol=2e-3)
+  assert np.all(np.diff(res.times) > 0) and res.times[-1] <= 0.6
+  np.testing.assert_allclose(res.times[12] - res.times[11], times[11] - times[10], atol=2e-3)
+
+
+def test_cli_30fps_faceless_stretch_exits_0_with_warning(tmp_path, face_video, speech,
+                                                          small_checkpoint):
+  out = tmp_path / "out.mp4"
+  r = _run(f"--video_path={face_video}", f"--audio_path={speech}", f"--out_path={out}",
+           f"--checkpoint={small_checkpoint}", "--timestep_respacing=ddim2",
+           "--audio_longer=trim", "--sampling_batch_size=2", "--nframes=4")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "no face found in frames 5-8" in r.stderr  # the warning
+  assert "no face in frames [(5, 8)]" in r.stdout
+  src, got = video_lib.read_video(face_video), video_lib.read_video(out)
+  assert got.num_frames == src.num_frames == 14 and got.fps == pytest.approx(30.0)
+  np.testing.assert_allclose(got.times, src.times, atol=1e-6)
+
+
+def test_audio_array_any_rate_and_stereo(face_video, small_model):
+  """A 44.1 kHz stereo array gives the same frame count as its 16 kHz mono version."""
+  t = np.arange(int(0.5 * 44100)) / 44100
+  stereo = np.stack([np.sin(2 * np.pi * 220 * t), 0.5 * np.sin(2 * np.pi * 330 * t)], 1) * 0.3
+  video = video_lib.read_video(face_video)
+  res = lipsync(video, stereo.astype(np.float32), model_and_params=small_model,
+                timestep_respacing="ddim2", audio_sample_rate=44100, progress=False, **FAST)
+  assert len(res.frames) == 15  # 0.5 s at 30 fps
+  assert len(res.audio) == 8000
+
+
+def test_filelist_batch_failure_and_resume(tmp_path, speech, small_checkpoint):
+  root = tmp_path / "data"
+  (root / "spk").mkdir(parents=True)
+  import shutil
+  shutil.copy(FACE, root / "spk" / "face.png")
+  shutil.copy(speech, root / "spk" / "a.wav")
+  (root / "spk" / "broken.mp4").write_bytes(b"not a video" * 50)
+  filelist = tmp_path / "list.txt"
+  filelist.write_text("# audio video\nspk/a.wav spk/face.png\nspk/a.wav spk/broken\n"
+                      "spk/a.wav spk/face.png\n")
+  out = tmp_path / "out"
+  args = [f"--filelist={filelist}", f"--data_root={root}", f"--sample_path={out}",
+          f"--checkpoint={small_checkpoint}", "--timestep_respacing=ddim2",
+          "--sampling_batch_size=2", "--nframes=4"]
+  r = _run(*args)
+  assert r.returncode == 1, r.stderr[-2000:]
+  assert "line 3: spk/a.wav spk/broken" in r.stderr and "Traceback" not in r.stderr
+  assert sorted(p.name for p in out.iterdir()) == ["spk.a_spk.face.mp4"]
+  assert "1 written" in r.stdout and "1 failed" in r.stdout  # line 4 = line 2's output
+  args[3] = f"--checkpoint={tmp_path / 'no_such_ckpt'}"  # all done: no model needed
+  r = _run(*args)
+  assert "0 written, 2 already done, 1 failed" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
+def test_output_timeline_and_crossfade():
+  from diff2lip_jax.generate import crossfade_weights, output_timeline
+  t = np.arange(10) / 25
+  src, times, dur = output_timeline(t, 25, 0.6)  # 15 frames: 0..9, then back 8..4
+  np.testing.assert_array_equal(src, [*range(10), 8, 7, 6, 5, 4])
+  np.testing.assert_allclose(times, np.arange(15) / 25)
+  src, times, _ = output_timeline(t, 25, 0.6, "trim")
+  assert len(src) == 10
+  src, _, _ = output_timeline(t, 25, 0.3, "trim")  # audio shorter: cut to the audio
+  assert len(src) == 7
+  vfr = np.array([0, 0.04, 0.06, 0.11, 0.143])
+  src, times, dur = output_timeline(vfr, 30, 0.3)
+  np.testing.assert_array_equal(src, [0, 1, 2, 3, 4, 3, 2, 1])  # last ends at 0.286 s
+  np.testing.assert_allclose(times[:5], vfr)
+  np.testing.assert_allclose(np.diff(times)[4:], [0.033, 0.05, 0.02])  # backwards, same gaps
+  src, times, _ = output_timeline(np.zeros(1), 25, 0.21)  # a still: repeated
+  assert len(src) == 5 and np.all(src == 0)
+  w = crossfade_weights(np.array([1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1], bool), 3)
+  np.testing.assert_allclose(w, [1, 1, .75, .5, .25, 0, 0, .25, .5, .75, 1, 1])
+  np.testing.assert_array_equal(crossfade_weights(np.ones(4, bool)), np.ones(4))
+
+
+def test_filelist_parsing_and_sharding(tmp_path):
+  from diff2lip_jax import batch
+  f = tmp_path / "l.txt"
+  f.write_text("a/b/00001 c/d/00002\n\n# comment\nx.wav y.mp4\n")
+  items = batch.read_filelist(f)
+  assert [(i.line, i.audio, i.video) for i in items] == [(1, "a/b/00001", "c/d/00002"),
+                                                        (4, "x.wav", "y.mp4")]
+  assert batch.output_name(items[0]) == "a.b.00001_c.d.00002.mp4"  # upstream's name
+  assert batch.output_name(items[1]) == "x_y.mp4"
+  (tmp_path / "v.mp4").write_bytes(b"")
+  assert batch.resolve_media(tmp_path, "v") == tmp_path / "v.mp4"
+  assert batch.resolve_media(tmp_path, "v.mp4") == tmp_path / "v.mp4"
+  # 2 hosts x 2 devices: item i -> worker i mod 4.
+  assert batch.assign_items(10, 0, 2, 2) == [[0, 4, 8], [1, 5, 9]]
+  assert batch.assign_items(10, 1, 2, 2) == [[2, 6], [3, 7]]
+  f.write_text("only_one_field\n")
+  with pytest.raises(batch.FilelistError, match="line|:1"):
+    batch.read_filelist(f)

@@ -212,3 +212,94 @@ def test_error_bad_write_args(tmp_path):
   with pytest.raises(VideoError, match="mono"):
     write_video(out, _frames(2, 16, 16), 25, audio=np.zeros((100, 2), np.float32))
   assert not out.exists()
+
+
+# --- variable frame rate, streaming writer, frame sources -------------------------------------
+
+VFR_TIMES = np.cumsum([0, 0.04, 0.02, 0.05, 0.033, 0.04, 0.1, 0.04, 0.04, 0.03, 0.05, 0.04])
+
+
+def test_variable_frame_rate_round_trip(tmp_path):
+  frames = _frames(len(VFR_TIMES), 48, 64)
+  out = tmp_path / "vfr.mp4"
+  write_video(out, frames, 25, audio=_tone(2.0), times=VFR_TIMES)
+  v = read_video(out)
+  assert v.num_frames == len(VFR_TIMES)
+  np.testing.assert_allclose(v.times, VFR_TIMES, atol=1e-4)
+  assert not video.is_constant_rate(v.times, v.fps)
+  info = _streams(out)
+  assert info["audio"]["duration"] == pytest.approx(VFR_TIMES[-1] + 1 / 25, abs=0.03)
+  with pytest.raises(VideoError, match="increase"):
+    write_video(tmp_path / "bad.mp4", frames[:3], 25, times=[0.0, 0.1, 0.1])
+  assert video.is_constant_rate(np.arange(5) / 30, 30.0)
+
+
+def test_streaming_writer_matches_write_video(tmp_path):
+  frames = _frames(23, 32, 48)
+  audio = _tone(23 / 25)
+  with video.VideoWriter(tmp_path / "s.mp4", 25, audio) as w:
+    for start in range(0, 23, 5):
+      w.write(frames[start:start + 5])
+    assert not (tmp_path / "s.mp4").exists()  # only appears when complete
+  write_video(tmp_path / "w.mp4", frames, 25, audio=audio)
+  a, b = read_video(tmp_path / "s.mp4"), read_video(tmp_path / "w.mp4")
+  np.testing.assert_array_equal(a.frames, b.frames)
+  np.testing.assert_array_equal(a.times, b.times)
+  assert _streams(tmp_path / "s.mp4") == _streams(tmp_path / "w.mp4")
+
+
+def test_streaming_writer_aborts_on_error(tmp_path):
+  out = tmp_path / "x.mp4"
+  with pytest.raises(RuntimeError, match="boom"):
+    with video.VideoWriter(out, 25) as w:
+      w.write(_frames(3, 16, 16))
+      raise RuntimeError("boom")
+  assert list(tmp_path.iterdir()) == []
+
+
+def _write_small_gop(path, frames, fps=25):
+  """H.264 with a keyframe every 8 frames and B-frames, to exercise seeking."""
+  with av.open(str(path), "w") as c:
+    s = c.add_stream("libx264", rate=fps)
+    s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+    s.options = {"g": "8", "keyint_min": "8", "bf": "2", "crf": "18"}
+    for i, f in enumerate(frames):
+      vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+      vf.pts = i
+      c.mux(s.encode(vf))
+    c.mux(s.encode(None))
+
+
+def test_file_source_reads_any_range(tmp_path):
+  rng = np.random.default_rng(0)
+  n = 50
+  blocks = rng.integers(0, 256, (n, 6, 8, 3), dtype=np.uint8)
+  frames = np.repeat(np.repeat(blocks, 8, axis=1), 8, axis=2)  # [n, 48, 64, 3]
+  path = tmp_path / "gop.mp4"
+  _write_small_gop(path, frames)
+  full = read_video(path).frames
+  src = video.open_source(path)
+  assert isinstance(src, video.VideoFileSource)
+  scanned = np.concatenate([f for _, f, _ in src.scan(batch_size=16)])
+  np.testing.assert_array_equal(scanned, full)
+  assert src.num_frames == n and src.fps == 25.0 and src.size_hw == (48, 64)
+  np.testing.assert_allclose(src.times, np.arange(n) / 25, atol=1e-6)
+  # Forward, backward (seeks to the keyframe before), overlapping and single-frame ranges.
+  for a, b in [(40, 50), (0, 5), (20, 30), (29, 30), (3, 45), (49, 50), (17, 18), (0, 50)]:
+    np.testing.assert_array_equal(src.read(a, b), full[a:b], err_msg=f"{a}:{b}")
+  with pytest.raises(IndexError):
+    src.read(45, 51)
+  src.close()
+
+
+def test_scan_stops_at_time(tmp_path):
+  path = tmp_path / "v.mp4"
+  write_video(path, _frames(30, 16, 16), 25)
+  src = video.open_source(path)
+  got = sum(len(f) for _, f, _ in src.scan(batch_size=4, stop_time=0.4, extra_frames=2))
+  assert got == src.num_frames == 13  # frames 0..10 (t <= 0.4) + 2
+  mem = video.open_source(read_video(path))
+  assert sum(len(f) for _, f, _ in mem.scan(4, stop_time=0.4, extra_frames=2)) == 13
+  still = tmp_path / "s.png"
+  Image.fromarray(_frames(1, 9, 9)[0]).save(still)
+  assert isinstance(video.open_source(still), video.InMemorySource)

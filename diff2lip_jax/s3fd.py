@@ -1,0 +1,436 @@
+r"""S3FD face detector in Flax (upstream's detector), its weight converter and box decoding.
+
+Upstream Diff2Lip detects faces with the S3FD copy in Wav2Lip's `face_detection/` (spec §4.2):
+`face_detection/detection/sfd/net_s3fd.py` (the network), `detect.py::batch_detect` (softmax,
+anchor decoding), `bbox.py::{decode, nms}` and `sfd_detector.py::detect_from_batch`
+(NMS 0.3, keep scores > 0.5), then `api.py::get_detections_for_batch` (first = highest-scoring box,
+clipped at 0, truncated to int). Weights: the public `s3fd-619a316812.pth` (adrianbulat.com).
+
+  python -m diff2lip_jax.s3fd --upstream_s3fd s3fd-619a316812.pth --output_path checkpoints/s3fd.npz
+
+converts the PyTorch weights (needs torch) to an `.npz` of Flax parameters that loads without
+torch; `generate --s3fd_path` accepts either file.
+
+Network (NHWC here, NCHW upstream): VGG16 conv1_1..conv5_3 (3x3, ReLU, 2x2 max-pool after each
+stage), fc6 (3x3, padding 3), fc7 (1x1), conv6_1/6_2 (1x1, 3x3 stride 2), conv7_1/7_2 (idem);
+L2Norm with learned scales on conv3_3, conv4_3, conv5_3; six heads (class + box regression) at
+strides 4, 8, 16, 32, 64, 128. The stride-4 class head has 4 channels and its background score is
+the max of the first three ("max-out background label").
+
+Input: BGR frames minus the per-channel mean (104, 117, 123): Diff2Lip reads RGB frames and flips
+them (`images[..., ::-1]`) before detection, so S3FD sees BGR, as the model was trained (spec §4.2
+notes that Wav2Lip, which reads BGR, ends up feeding RGB). `S3FDDetector` takes RGB uint8 frames
+and does the flip and the mean subtraction on the accelerator, for a whole batch at once.
+
+Decoding, per level i (stride s = 2^(i+2), anchor side 4s, anchor centre (s/2 + s*col, s/2 +
+s*row)): score = softmax(class)[face]; centre = anchor centre + 0.1 * 4s * (dx, dy); size = 4s *
+exp(0.2 * (dw, dh)); box = centre -/+ size / 2. Upstream then keeps anchors scoring > 0.05, runs
+greedy NMS (IoU > 0.3 suppressed, areas with upstream's +1 pixel convention) and drops boxes
+scoring <= 0.5. Greedy NMS only lets a box suppress lower-scoring ones, so NMS over the boxes
+scoring > 0.5 alone gives exactly the same result; that is what `decode_detections` does.
+
+Names: Flax submodules are named exactly as upstream's state_dict entries (`conv1_1`,
+`conv3_3_norm`, `fc7_mbox_loc`, ...; there are no numbered children), so the conversion is the
+rule `("conv1_1", "kernel") <-> "conv1_1.weight"`, with the layouts of `diff2lip_jax.convert`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+import sys
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from flax import traverse_util
+
+from diff2lip_jax import convert as convert_lib
+
+__all__ = ["S3FD", "S3FDDetector", "BGR_MEAN", "preprocess", "decode_outputs", "nms", "decode_detections",
+           "s3fd_upstream_name", "convert_s3fd_state_dict", "load_s3fd_params",
+           "save_s3fd_params", "abstract_s3fd_params"]
+
+BGR_MEAN = (104.0, 117.0, 123.0)  # upstream detect.py, subtracted from BGR pixels.
+STRIDES = (4, 8, 16, 32, 64, 128)
+VARIANCES = (0.1, 0.2)  # centre, size (bbox.py::decode).
+SCORE_THRESHOLD = 0.5  # sfd_detector.py: keep boxes scoring > 0.5.
+NMS_THRESHOLD = 0.3
+L2NORM_EPS = 1e-10
+
+
+class L2Norm(nn.Module):
+  """Channel-wise L2 normalisation with a learned per-channel scale (net_s3fd.py `L2Norm`).
+
+  `x / (||x||_2 over channels + 1e-10) * scale`. Param `scale` [C] (upstream `weight`), initialised
+  to `init_scale`.
+  """
+
+  features: int
+  init_scale: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param("scale", nn.initializers.constant(self.init_scale), (self.features,),
+                       jnp.float32)
+    x = x.astype(jnp.float32)
+    norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True)) + L2NORM_EPS
+    return x / norm * scale
+
+
+class S3FD(nn.Module):
+  """The S3FD network (upstream `net_s3fd.s3fd`), NHWC.
+
+  Attributes:
+    dtype: computation dtype of the convolutions (float32 for parity; bfloat16 is faster on
+      GPU/TPU). L2Norm and the outputs are float32.
+  """
+
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> list[jax.Array]:
+    """Runs the network.
+
+    Args:
+      x: [B, H, W, 3] float, BGR minus `BGR_MEAN` (as upstream feeds it).
+
+    Returns:
+      12 float32 maps `[cls1, reg1, ..., cls6, reg6]`: cls_i [B, h_i, w_i, 2] (background,
+      face logits; cls1 after the max-out), reg_i [B, h_i, w_i, 4] (dx, dy, dw, dh), for strides
+      4, 8, 16, 32, 64, 128 (h_1 = H / 4, ...; fc6's padding of 3 makes the last three levels
+      slightly larger than H / stride).
+    """
+
+    def conv(name: str, features: int, kernel: int = 3, stride: int = 1, pad: int = 1):
+      return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                     padding=((pad, pad), (pad, pad)), dtype=self.dtype, name=name)
+
+    def pool(h):
+      return nn.max_pool(h, (2, 2), strides=(2, 2), padding="VALID")
+
+    h = x.astype(self.dtype)
+    feats = {}
+    stages = (("conv1", 64, 2), ("conv2", 128, 2), ("conv3", 256, 3), ("conv4", 512, 3),
+              ("conv5", 512, 3))
+    for stage, features, depth in stages:
+      for j in range(1, depth + 1):
+        h = nn.relu(conv(f"{stage}_{j}", features)(h))
+      feats[stage] = h
+      h = pool(h)
+    h = nn.relu(conv("fc6", 1024, pad=3)(h))
+    h = nn.relu(conv("fc7", 1024, kernel=1, pad=0)(h))
+    f_fc7 = h
+    h = nn.relu(conv("conv6_1", 256, kernel=1, pad=0)(h))
+    h = nn.relu(conv("conv6_2", 512, stride=2)(h))
+    f6_2 = h
+    h = nn.relu(conv("conv7_1", 128, kernel=1, pad=0)(h))
+    h = nn.relu(conv("conv7_2", 256, stride=2)(h))
+    f7_2 = h
+
+    f3_3 = L2Norm(256, 10.0, name="conv3_3_norm")(feats["conv3"]).astype(self.dtype)
+    f4_3 = L2Norm(512, 8.0, name="conv4_3_norm")(feats["conv4"]).astype(self.dtype)
+    f5_3 = L2Norm(512, 5.0, name="conv5_3_norm")(feats["conv5"]).astype(self.dtype)
+
+    outputs = []
+    heads = (("conv3_3_norm", f3_3, 4), ("conv4_3_norm", f4_3, 2), ("conv5_3_norm", f5_3, 2),
+             ("fc7", f_fc7, 2), ("conv6_2", f6_2, 2), ("conv7_2", f7_2, 2))
+    for name, feat, num_cls in heads:
+      cls = conv(f"{name}_mbox_conf", num_cls)(feat).astype(jnp.float32)
+      reg = conv(f"{name}_mbox_loc", 4)(feat).astype(jnp.float32)
+      if num_cls == 4:  # max-out background label
+        cls = jnp.concatenate([jnp.max(cls[..., :3], axis=-1, keepdims=True), cls[..., 3:]],
+                              axis=-1)
+      outputs += [cls, reg]
+    return outputs
+
+
+def decode_outputs(outputs: Sequence[jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """Face scores and decoded boxes of every anchor (upstream `batch_detect` + `batch_decode`).
+
+  Args:
+    outputs: the 12 maps of `S3FD.__call__` (NHWC).
+
+  Returns:
+    scores [B, A] float32 (softmax face probability) and boxes [B, A, 4] float32
+    `[x1, y1, x2, y2]` in input pixels, A = sum of h_i * w_i, ordered by level, row, column.
+  """
+  all_scores, all_boxes = [], []
+  var_c, var_s = VARIANCES
+  for i, stride in enumerate(STRIDES):
+    cls, reg = outputs[2 * i], outputs[2 * i + 1]
+    b, h, w, _ = cls.shape
+    score = jax.nn.softmax(cls.astype(jnp.float32), axis=-1)[..., 1]
+    anchor = 4.0 * stride
+    ax = stride / 2 + jnp.arange(w, dtype=jnp.float32) * stride
+    ay = stride / 2 + jnp.arange(h, dtype=jnp.float32) * stride
+    reg = reg.astype(jnp.float32)
+    cx = ax[None, None, :] + reg[..., 0] * var_c * anchor
+    cy = ay[None, :, None] + reg[..., 1] * var_c * anchor
+    bw = anchor * jnp.exp(reg[..., 2] * var_s)
+    bh = anchor * jnp.exp(reg[..., 3] * var_s)
+    x1, y1 = cx - bw / 2, cy - bh / 2
+    box = jnp.stack([x1, y1, x1 + bw, y1 + bh], axis=-1)
+    all_scores.append(score.reshape(b, h * w))
+    all_boxes.append(box.reshape(b, h * w, 4))
+  return jnp.concatenate(all_scores, axis=1), jnp.concatenate(all_boxes, axis=1)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float = NMS_THRESHOLD) -> np.ndarray:
+  """Greedy non-maximum suppression as upstream `bbox.nms` (areas with the +1 pixel convention).
+
+  Args:
+    boxes: [K, 4] `[x1, y1, x2, y2]`.
+    scores: [K].
+    threshold: a box whose IoU with a kept, higher-scoring box exceeds this is dropped.
+
+  Returns:
+    [K'] int64 indices of the kept boxes, by decreasing score.
+  """
+  if len(boxes) == 0:
+    return np.zeros((0,), np.int64)
+  x1, y1, x2, y2 = (boxes[:, k] for k in range(4))
+  areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+  order = np.argsort(scores, kind="stable")[::-1]
+  keep = []
+  while order.size > 0:
+    i = order[0]
+    keep.append(i)
+    rest = order[1:]
+    w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+    h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+    inter = w * h
+    overlap = inter / (areas[i] + areas[rest] - inter)
+    order = rest[overlap <= threshold]
+  return np.asarray(keep, np.int64)
+
+
+def decode_detections(scores: np.ndarray, boxes: np.ndarray, frame_hw: tuple[int, int],
+                      score_threshold: float = SCORE_THRESHOLD,
+                      nms_threshold: float = NMS_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
+  """Final detections of one image, as upstream `detect_from_batch` + `get_detections_for_batch`.
+
+  Args:
+    scores: [A] anchor scores; boxes: [A, 4] decoded boxes (`decode_outputs`, one image).
+    frame_hw: (H, W) of the image, to clip the boxes.
+    score_threshold: keep boxes scoring above this (upstream 0.5).
+    nms_threshold: NMS IoU threshold (upstream 0.3).
+
+  Returns:
+    boxes [K, 4] int64 `[x1, y1, x2, y2]` (upstream's `int()` of the box clipped at 0, then x2/y2
+    clipped to the frame; empty boxes dropped) and scores [K] float64, by decreasing score.
+  """
+  scores = np.asarray(scores)
+  boxes = np.asarray(boxes)
+  sel = np.flatnonzero(scores > score_threshold)
+  if sel.size == 0:
+    return np.zeros((0, 4), np.int64), np.zeros((0,), np.float64)
+  keep = sel[nms(boxes[sel], scores[sel], nms_threshold)]
+  out = np.trunc(np.clip(boxes[keep].astype(np.float64), 0.0, None)).astype(np.int64)
+  h, w = int(frame_hw[0]), int(frame_hw[1])
+  out[:, [0, 2]] = np.minimum(out[:, [0, 2]], w)
+  out[:, [1, 3]] = np.minimum(out[:, [1, 3]], h)
+  ok = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
+  return out[ok], scores[keep][ok].astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights.
+
+
+def s3fd_upstream_name(path: tuple[str, ...]) -> str:
+  """Flax param path -> upstream name: ('conv1_1', 'kernel') -> 'conv1_1.weight'."""
+  *modules, leaf = path
+  return ".".join([*modules, "weight" if leaf in ("kernel", "scale") else leaf])
+
+
+def abstract_s3fd_params() -> Any:
+  """The S3FD params tree as `jax.ShapeDtypeStruct`s."""
+  x = jnp.zeros((1, 64, 64, 3), jnp.float32)
+  return jax.eval_shape(lambda: S3FD().init(jax.random.key(0), x))["params"]
+
+
+def convert_s3fd_state_dict(state_dict: Mapping[str, Any]) -> Any:
+  """Maps upstream's S3FD state_dict (PyTorch layouts) onto the Flax params tree.
+
+  Raises:
+    ConversionError: listing missing, unexpected and mis-shaped tensors.
+  """
+  targets = {s3fd_upstream_name(k): (k, v.shape)
+             for k, v in traverse_util.flatten_dict(abstract_s3fd_params()).items()}
+  problems = []
+  missing = sorted(set(targets) - set(state_dict))
+  unexpected = sorted(set(state_dict) - set(targets))
+  if missing:
+    problems.append(f"{len(missing)} missing: {', '.join(missing[:8])}")
+  if unexpected:
+    problems.append(f"{len(unexpected)} unexpected: {', '.join(unexpected[:8])}")
+  flat = {}
+  for name, (path, shape) in targets.items():
+    if name in state_dict:
+      try:
+        flat[path] = convert_lib._to_flax(name, convert_lib._as_numpy(state_dict[name]), shape)  # pylint: disable=protected-access
+      except convert_lib.ConversionError as e:
+        problems.append(str(e))
+  if problems:
+    raise convert_lib.ConversionError("not an S3FD state_dict (upstream net_s3fd.py): "
+                                      + "; ".join(problems))
+  return traverse_util.unflatten_dict(flat)
+
+
+def save_s3fd_params(path: str | pathlib.Path, params: Any) -> pathlib.Path:
+  """Writes Flax S3FD params to an `.npz` keyed by '/'-joined param paths."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  flat = {"/".join(k): np.asarray(v, np.float32)
+          for k, v in traverse_util.flatten_dict(params).items()}
+  np.savez(path, **flat)
+  return path
+
+
+def load_s3fd_params(path: str | pathlib.Path) -> Any:
+  """S3FD params from upstream's `.pth` (needs torch), an `.npz` of the upstream state_dict, or an
+  `.npz` written by `save_s3fd_params`.
+
+  Raises:
+    ConversionError: missing/unreadable file or tensors that are not S3FD's.
+  """
+  path = pathlib.Path(path)
+  if path.suffix == ".npz" and path.is_file():
+    with np.load(path) as z:
+      data = {k: z[k] for k in z.files}
+    if data and all("/" in k for k in data):
+      target = traverse_util.flatten_dict(abstract_s3fd_params())
+      got = {tuple(k.split("/")): v for k, v in data.items()}
+      bad = sorted("/".join(k) for k in set(got) ^ set(target))
+      bad += sorted("/".join(k) for k in set(got) & set(target)
+                    if got[k].shape != target[k].shape)
+      if bad:
+        raise convert_lib.ConversionError(f"{path} is not a converted S3FD: {', '.join(bad[:8])}")
+      return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in got.items()})
+    return convert_s3fd_state_dict(data)
+  return convert_s3fd_state_dict(convert_lib.load_state_dict(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Detector.
+
+
+def preprocess(frames: jax.Array, bgr: bool = True) -> jax.Array:
+  """[B, H, W, 3] uint8 RGB -> float32 network input: BGR (Diff2Lip's flip) minus `BGR_MEAN`.
+
+  With `bgr=False` the RGB frames are fed as they are, minus the mean in the same channel order
+  (what Wav2Lip's S3FD effectively sees).
+  """
+  x = frames[..., ::-1] if bgr else frames
+  return x.astype(jnp.float32) - jnp.asarray(BGR_MEAN, jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("dtype", "bgr"))
+def _detect_batch(params: Any, frames: jax.Array, dtype: Any = jnp.float32,
+                  bgr: bool = True) -> tuple[jax.Array, jax.Array]:
+  """[B, H, W, 3] uint8 RGB -> (scores [B, A], boxes [B, A, 4]) on the accelerator."""
+  return decode_outputs(S3FD(dtype=dtype).apply({"params": params}, preprocess(frames, bgr)))
+
+
+@dataclasses.dataclass
+class S3FDDetector:
+  """Upstream's S3FD as a `face.FaceDetector`, batched on the default JAX device.
+
+  Attributes:
+    params: S3FD params (`load_s3fd_params`).
+    batch_size: frames per device call; shorter batches are padded (one compilation per frame
+      size).
+    score_threshold, nms_threshold: upstream's 0.5 and 0.3.
+    dtype: computation dtype (float32 = upstream; bfloat16 is faster on GPU/TPU).
+    bgr: feed BGR as Diff2Lip does (True); False feeds RGB as Wav2Lip effectively does.
+    device: device to run on (None: JAX's default).
+  """
+
+  params: Any
+  batch_size: int = 16
+  score_threshold: float = SCORE_THRESHOLD
+  nms_threshold: float = NMS_THRESHOLD
+  dtype: Any = jnp.float32
+  bgr: bool = True
+  device: Any = None
+
+  def __post_init__(self):
+    if self.batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+    if self.device is not None:
+      self.params = jax.device_put(self.params, self.device)
+
+  @classmethod
+  def from_path(cls, path: str | pathlib.Path, **kwargs) -> "S3FDDetector":
+    """Loads weights with `load_s3fd_params` (upstream `.pth` or a converted `.npz`)."""
+    return cls(params=load_s3fd_params(path), **kwargs)
+
+  def detect_all_batch(self, frames: np.ndarray | Sequence[np.ndarray]
+                       ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """All faces in each frame.
+
+    Args:
+      frames: [B, H, W, 3] uint8 RGB (same size).
+
+    Returns:
+      B pairs (boxes [K, 4] int64 `[x1, y1, x2, y2]`, scores [K] float64) by decreasing score.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+      raise ValueError(f"frames must be [B, H, W, 3] uint8 RGB, got {frames.shape} {frames.dtype}")
+    n = len(frames)
+    hw = frames.shape[1:3]
+    out = []
+    for start in range(0, n, self.batch_size):
+      part = frames[start:start + self.batch_size]
+      k = len(part)
+      if k < self.batch_size:
+        part = np.concatenate([part, np.repeat(part[-1:], self.batch_size - k, axis=0)])
+      x = jax.device_put(part, self.device) if self.device is not None else part
+      scores, boxes = jax.device_get(_detect_batch(self.params, x, dtype=self.dtype,
+                                                   bgr=self.bgr))
+      for j in range(k):
+        out.append(decode_detections(scores[j], boxes[j], hw, self.score_threshold,
+                                     self.nms_threshold))
+    return out
+
+  def detect_all(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All faces in one [H, W, 3] uint8 RGB frame; see `detect_all_batch`."""
+    return self.detect_all_batch(np.asarray(frame)[None])[0]
+
+  def detect(self, frames: np.ndarray) -> list[np.ndarray | None]:
+    """`face.FaceDetector.detect`: upstream's choice, the highest-scoring box, or None."""
+    return [b[0] if len(b) else None for b, _ in self.detect_all_batch(frames)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: convert upstream weights.
+
+_IN = flags.DEFINE_string("upstream_s3fd", None, "upstream S3FD weights (s3fd-619a316812.pth or .npz)")
+_OUT = flags.DEFINE_string("output_path", None, "where to write the Flax params (.npz)")
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  out = pathlib.Path(_OUT.value)
+  if out.suffix != ".npz":
+    sys.exit(f"error: --output_path {out} should end in .npz")
+  try:
+    params = load_s3fd_params(_IN.value)
+  except convert_lib.ConversionError as e:
+    sys.exit(f"error: {e}")
+  save_s3fd_params(out, params)
+  count = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(params))
+  print(f"wrote {out}: S3FD, {count:,} parameters")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["upstream_s3fd", "output_path"])
+  app.run(main)
