@@ -29,7 +29,7 @@ import fractions
 import os
 import pathlib
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 import av
 import numpy as np
@@ -105,6 +105,17 @@ def _frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
   return rgb
 
 
+def _stream_fps(stream: Any, known_times: list[float], default: float) -> float:
+  """Frame rate of a video stream: its average, guessed or base rate (the first positive one),
+  else the mean rate of the decoded timestamps `known_times` (seconds), else `default`."""
+  for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+    if rate is not None and rate > 0:
+      return float(rate)
+  if len(known_times) >= 2 and known_times[-1] > known_times[0]:
+    return (len(known_times) - 1) / (known_times[-1] - known_times[0])
+  return float(default)
+
+
 def read_video(path: str | os.PathLike,
                max_frames: int | None = None,
                still_fps: float = 25.0) -> Video:
@@ -164,20 +175,8 @@ def read_video(path: str | os.PathLike,
     if len({f.shape for f in frames}) != 1:
       raise VideoError(f"{path} changes frame size mid-stream; re-encode it to a constant "
                        "size first.")
-    fps = None
-    if still and len(frames) == 1:
-      fps = float(still_fps)
-    else:
-      for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
-        if rate is not None and rate > 0:
-          fps = float(rate)
-          break
     known = [t for t in times if t is not None]
-    if fps is None:
-      if len(known) >= 2 and known[-1] > known[0]:
-        fps = (len(known) - 1) / (known[-1] - known[0])
-      else:
-        fps = float(still_fps)
+    fps = float(still_fps) if still and len(frames) == 1 else _stream_fps(stream, known, still_fps)
     if len(known) == len(times) and len(times) > 0:
       t = np.asarray(times, np.float64)
       t = t - t[0]
@@ -648,18 +647,8 @@ class VideoFileSource(FrameSource):
     self.size_hw = (int(shape[0]), int(shape[1]))
     fmt = self._container.format.name
     still = (fmt in _IMAGE_DEMUXERS or fmt.endswith("_pipe")) and self.num_frames == 1
-    fps = None
-    if still:
-      fps = self.still_fps
-    else:
-      for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
-        if rate is not None and rate > 0:
-          fps = float(rate)
-          break
     known = [t for t in times if t is not None]
-    if fps is None:
-      fps = ((len(known) - 1) / (known[-1] - known[0])
-             if len(known) >= 2 and known[-1] > known[0] else self.still_fps)
+    fps = self.still_fps if still else _stream_fps(stream, known, self.still_fps)
     self.fps = float(fps)
     if len(known) == len(times):
       t = np.asarray(times, np.float64)
