@@ -42,7 +42,7 @@ def upstream_name(path: tuple[str, ...]) -> str:
   return ".".join([re.sub(r"_(\d+)", r".\1", m) for m in modules] + [leaf])
 
 
-def _to_flax(name: str, tensor: np.ndarray, target_shape: tuple[int, ...]) -> np.ndarray:
+def to_flax(name: str, tensor: np.ndarray, target_shape: tuple[int, ...]) -> np.ndarray:
   """Re-lays one upstream tensor into the Flax layout of `target_shape`."""
   t = np.asarray(tensor)
   if t.ndim == 4:                      # Conv2d [O, I, kh, kw] -> [kh, kw, I, O]
@@ -90,7 +90,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], abstract_params: Any,
   for name, (path, shape) in targets.items():
     if name in state_dict:
       try:
-        flat[path] = _to_flax(name, _as_numpy(state_dict[name]), shape)
+        flat[path] = to_flax(name, as_numpy(state_dict[name]), shape)
       except ConversionError as e:
         problems.append(str(e))
   if problems:
@@ -98,35 +98,43 @@ def convert_state_dict(state_dict: Mapping[str, Any], abstract_params: Any,
   return traverse_util.unflatten_dict(flat)
 
 
-def _as_numpy(x: Any) -> np.ndarray:
+def as_numpy(x: Any) -> np.ndarray:
+  """A torch.Tensor (any device/dtype) or array-like -> float32 numpy array, same shape."""
   if hasattr(x, "detach"):  # torch.Tensor
     return x.detach().cpu().float().numpy()
   return np.asarray(x, dtype=np.float32)
 
 
 def load_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-  """Reads upstream weights from a `.pt`/`.pth` (torch) or `.npz` file.
+  """Reads PyTorch weights as {state_dict name: float32 array}.
+
+  `.npz` (names -> arrays) is read with numpy; any other file with `torch.load` (`.pt`, `.pth`,
+  syncnet_python's `.model`, ...); a `{"state_dict": ...}` training checkpoint (as Wav2Lip's
+  `lipsync_expert.pth`) is unwrapped.
 
   Raises:
-    ConversionError: missing file, unknown extension, torch not installed for `.pt`.
+    ConversionError: missing file, torch not installed for a torch file, not a state_dict.
   """
   path = pathlib.Path(path)
   if not path.is_file():
-    raise ConversionError(f"upstream checkpoint {path} not found")
+    raise ConversionError(f"weights file {path} not found")
   if path.suffix == ".npz":
     with np.load(path) as z:
       return {k: z[k] for k in z.files}
-  if path.suffix in (".pt", ".pth"):
-    try:
-      import torch  # pylint: disable=import-outside-toplevel
-    except ImportError:
-      raise ConversionError("reading .pt files needs torch: `pip install torch` (CPU build is "
-                            "enough), or save the state_dict as .npz") from None
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ConversionError(f"reading {path} needs torch: `pip install torch` (the CPU build is "
+                          "enough), or save the state_dict as .npz") from None
+  try:
     sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
-      sd = sd["state_dict"]
-    return {k: _as_numpy(v) for k, v in sd.items()}
-  raise ConversionError(f"{path}: expected a .pt, .pth or .npz file")
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConversionError(f"{path} is not a torch.save file ({e})") from None
+  if isinstance(sd, Mapping) and isinstance(sd.get("state_dict"), Mapping):
+    sd = sd["state_dict"]
+  if not isinstance(sd, Mapping):
+    raise ConversionError(f"{path} holds a {type(sd).__name__}, not a state_dict")
+  return {k: as_numpy(v) for k, v in sd.items()}
 
 
 def convert(upstream_checkpoint: str | pathlib.Path, output_dir: str | pathlib.Path,

@@ -37,7 +37,6 @@ import jax
 import jax.numpy as jnp
 import librosa
 import numpy as np
-import scipy.signal
 from absl import app, flags, logging
 from tqdm.auto import tqdm
 
@@ -154,41 +153,6 @@ def prepare_audio(audio: str | os.PathLike | np.ndarray,
     wav = librosa.resample(wav, orig_sr=int(sample_rate), target_sr=audio_lib.SAMPLE_RATE,
                            res_type=audio_lib.RESAMPLE_TYPE).astype(np.float32)
   return wav
-
-
-def melspectrogram_blocked(wav: np.ndarray, block_steps: int = 4000) -> np.ndarray:
-  """`audio.melspectrogram(wav)` computed `block_steps` mel steps (50 s) at a time.
-
-  Same values (each STFT frame sees the same 800 samples of the zero-padded, pre-emphasised
-  signal), but the complex STFT of a long recording is never held at once: peak memory is
-  bounded by the block, not by the audio's length.
-
-  Returns:
-    [80, 1 + S // 200] float32 in [-4, 4].
-  """
-  wav = np.asarray(wav)
-  steps = 1 + len(wav) // audio_lib.HOP_LENGTH
-  if steps <= block_steps:
-    return audio_lib.melspectrogram(wav)
-  emphasised = scipy.signal.lfilter([1.0, -audio_lib.PREEMPHASIS], [1.0],
-                                    wav.astype(np.float64))
-  half = audio_lib.N_FFT // 2
-  padded = np.pad(emphasised, (half, half))  # librosa center=True, pad_mode="constant"
-  del emphasised
-  basis = audio_lib._mel_basis()  # pylint: disable=protected-access
-  min_level = np.exp(audio_lib.MIN_LEVEL_DB / 20.0 * np.log(10.0))
-  out = np.empty((audio_lib.NUM_MELS, steps), np.float32)
-  hop = audio_lib.HOP_LENGTH
-  for a in range(0, steps, block_steps):
-    b = min(steps, a + block_steps)
-    seg = padded[hop * a: hop * (b - 1) + audio_lib.N_FFT]
-    spec = np.abs(librosa.stft(seg, n_fft=audio_lib.N_FFT, hop_length=hop,
-                               win_length=audio_lib.WIN_LENGTH, window="hann", center=False))
-    db = 20.0 * np.log10(np.maximum(min_level, basis @ spec)) - audio_lib.REF_LEVEL_DB
-    norm = (2 * audio_lib.MAX_ABS_VALUE * (db - audio_lib.MIN_LEVEL_DB) / -audio_lib.MIN_LEVEL_DB
-            - audio_lib.MAX_ABS_VALUE)
-    out[:, a:b] = np.clip(norm, -audio_lib.MAX_ABS_VALUE, audio_lib.MAX_ABS_VALUE)
-  return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,7 +487,7 @@ def _prepare(video, audio, *, checkpoint, model_and_params, dtype, detector, s3f
   # audio gives the last frames a full window.
   padded = np.concatenate([wav, np.zeros(int(audio_lib.MIN_SECONDS * audio_lib.SAMPLE_RATE),
                                          np.float32)])
-  mel = melspectrogram_blocked(padded)
+  mel = audio_lib.melspectrogram(padded)
   del padded
   out_audio = video_lib.fit_audio(wav, int(round(plan.duration * audio_lib.SAMPLE_RATE)))
   chunks = _generate(source, plan, mel, model, params, opts, device)

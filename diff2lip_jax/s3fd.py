@@ -273,7 +273,7 @@ def convert_s3fd_state_dict(state_dict: Mapping[str, Any]) -> Any:
   for name, (path, shape) in targets.items():
     if name in state_dict:
       try:
-        flat[path] = convert_lib._to_flax(name, convert_lib._as_numpy(state_dict[name]), shape)  # pylint: disable=protected-access
+        flat[path] = convert_lib.to_flax(name, convert_lib.as_numpy(state_dict[name]), shape)
       except convert_lib.ConversionError as e:
         problems.append(str(e))
   if problems:

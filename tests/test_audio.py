@@ -219,3 +219,12 @@ def test_too_short_audio():
   # Exactly 0.2 s gives 17 mel steps: one window at t = 0.
   mel = audio.melspectrogram(np.zeros(3200, np.float32))
   assert audio.mel_windows(mel, audio.frame_times(5, 25)).shape[0] >= 1
+
+
+def test_blocked_mel_equals_one_block():
+  """The blockwise STFT (bounded memory for long audio) gives exactly the one-block values."""
+  rng = np.random.default_rng(0)
+  wav = (0.1 * rng.standard_normal(16000 * 11 + 123)).astype(np.float32)
+  whole = audio.melspectrogram(wav, block_steps=10**9)
+  assert whole.shape == (80, 1 + wav.size // 200)
+  np.testing.assert_array_equal(audio.melspectrogram(wav, block_steps=300), whole)

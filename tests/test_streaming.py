@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diff2lip_jax import audio as audio_lib
 from diff2lip_jax import video as video_lib
 from diff2lip_jax.generate import lipsync
 
@@ -127,11 +126,3 @@ def test_output_does_not_depend_on_chunking(tmp_path, tiny_checkpoint):
   diff = np.abs(runs[0].frames.astype(int) - runs[1].frames).max()
   assert diff <= 1, diff
   assert np.abs(runs[0].frames.astype(int) - frames[[*range(10), 8, 7, 6, 5, 4]]).max() > 30
-
-
-def test_blocked_mel_equals_whole(tmp_path):
-  from diff2lip_jax.generate import melspectrogram_blocked
-  rng = np.random.default_rng(0)
-  wav = (0.1 * rng.standard_normal(16000 * 11 + 123)).astype(np.float32)
-  np.testing.assert_array_equal(melspectrogram_blocked(wav, block_steps=300),
-                                audio_lib.melspectrogram(wav))

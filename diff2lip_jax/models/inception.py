@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diff2lip_jax import convert
 from diff2lip_jax.models import syncnet
 
 Dtype = Any
@@ -248,4 +249,4 @@ def load_fid_inception(path: str | os.PathLike, dtype: Dtype = jnp.float32,
   torch) or an `.npz` of that state_dict. Raises `convert.ConversionError` on a missing file
   or mismatched weights."""
   model = FIDInceptionV3(dtype=dtype)
-  return model, fid_inception_variables(syncnet.load_torch_state_dict(path), model)
+  return model, fid_inception_variables(convert.load_state_dict(path), model)

@@ -29,7 +29,6 @@ two by rule (`diff2lip_jax.convert.upstream_name`), for `params` and `batch_stat
 from __future__ import annotations
 
 import os
-import pathlib
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import flax.linen as nn
@@ -65,19 +64,13 @@ def torch_name(collection: str, path: tuple[str, ...]) -> str:
   return convert.upstream_name(path)
 
 
-def _to_numpy(x: Any) -> np.ndarray:
-  if hasattr(x, "detach"):  # torch.Tensor
-    return x.detach().cpu().float().numpy()
-  return np.asarray(x)
-
-
 def _relayout(name: str, tensor: np.ndarray, target_shape: tuple[int, ...]) -> np.ndarray:
-  """PyTorch layout -> Flax layout; Conv3d OIDHW -> DHWIO here, the rest by `convert._to_flax`
+  """PyTorch layout -> Flax layout; Conv3d OIDHW -> DHWIO here, the rest by `convert.to_flax`
   (Conv2d OIHW -> HWIO, Linear OI -> IO). Raises `convert.ConversionError` on a shape misfit."""
   t = np.asarray(tensor, np.float32)
   if t.ndim == 5:
     t = t.transpose(2, 3, 4, 1, 0)
-  return convert._to_flax(name, t, target_shape)  # pylint: disable=protected-access
+  return convert.to_flax(name, t, target_shape)
 
 
 def convert_torch_variables(state_dict: Mapping[str, Any], abstract_variables: Mapping[str, Any],
@@ -121,40 +114,13 @@ def convert_torch_variables(state_dict: Mapping[str, Any], abstract_variables: M
     if name not in sd:
       continue
     try:
-      flat[collection][path] = _relayout(name, _to_numpy(sd[name]), shape)
+      flat[collection][path] = _relayout(name, convert.as_numpy(sd[name]), shape)
     except convert.ConversionError as e:
       problems.append(str(e))
   if problems:
     raise convert.ConversionError("state_dict does not match the architecture: "
                                   + "; ".join(problems))
   return {c: traverse_util.unflatten_dict(f) for c, f in flat.items()}
-
-
-def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads a PyTorch state_dict from `.npz` (names -> arrays) or any `torch.save` file
-  (`.pth`, `.pt`, syncnet_python's `.model`); a `{"state_dict": ...}` training checkpoint (as
-  Wav2Lip's `lipsync_expert.pth`) is unwrapped.
-
-  Raises:
-    convert.ConversionError: missing file, torch not installed for a torch file, or not a
-      state_dict.
-  """
-  path = pathlib.Path(path)
-  if path.suffix in (".npz", ".pt", ".pth"):
-    return convert.load_state_dict(path)
-  if not path.is_file():
-    raise convert.ConversionError(f"weights {path} not found")
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    raise convert.ConversionError(f"reading {path} needs torch: `pip install torch` (the CPU "
-                                  "build is enough), or save the state_dict as .npz") from None
-  sd = torch.load(path, map_location="cpu", weights_only=True)
-  if isinstance(sd, Mapping) and isinstance(sd.get("state_dict"), Mapping):
-    sd = sd["state_dict"]
-  if not isinstance(sd, Mapping):
-    raise convert.ConversionError(f"{path} holds a {type(sd).__name__}, not a state_dict")
-  return {k: _to_numpy(v) for k, v in sd.items()}
 
 
 def random_variables(abstract_variables: Mapping[str, Any], seed: int = 0) -> dict:
@@ -351,7 +317,7 @@ def load_wav2lip_syncnet(path: str | os.PathLike, dtype: Dtype = jnp.float32,
   """(model, variables) from Wav2Lip's `lipsync_expert.pth` (needs torch) or an `.npz` of its
   state_dict. Raises `convert.ConversionError` on a missing file or mismatched weights."""
   model = Wav2LipSyncNet(dtype=dtype)
-  return model, wav2lip_syncnet_variables(load_torch_state_dict(path), model)
+  return model, wav2lip_syncnet_variables(convert.load_state_dict(path), model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,7 +430,7 @@ def load_syncnet_v2(path: str | os.PathLike, dtype: Dtype = jnp.float32) -> tupl
   """(model, variables) from syncnet_python's `syncnet_v2.model` (needs torch) or an `.npz` of
   its state_dict. Raises `convert.ConversionError` on a missing file or mismatched weights."""
   model = SyncNetV2(dtype=dtype)
-  return model, syncnet_v2_variables(load_torch_state_dict(path), model)
+  return model, syncnet_v2_variables(convert.load_state_dict(path), model)
 
 
 def count_params(variables: Mapping[str, Any], collections: Iterable[str] = ("params",)) -> int:
