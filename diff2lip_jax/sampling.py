@@ -13,7 +13,9 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
+from diff2lip_jax import sharding
 from diff2lip_jax.diffusion import Diffusion, sample_loop
 from diff2lip_jax.models.unet import TFGModel
 
@@ -32,8 +34,25 @@ def make_cond_img(face: jax.Array, mask: jax.Array, noise: jax.Array) -> jax.Arr
 
 def make_sampler(model: TFGModel, diffusion: Diffusion, *, use_ddim: bool = True,
                  eta: float = 0.0, clip_denoised: bool = True,
-                 face_hide_percentage: float = 0.5) -> Callable[..., jax.Array]:
-  """Returns a jitted `sample(params, faces, refs, mels, noise, rng=None) -> frames`.
+                 face_hide_percentage: float = 0.5,
+                 mesh: Optional[Mesh] = None) -> Callable[..., jax.Array]:
+  """Returns `sample(params, faces, refs, mels, noise, rng=None) -> frames`, jitted.
+
+  The whole reverse process is one `lax.scan` under `jit`. Work that does not depend on the
+  step is done once per batch outside the scan: the audio style vector
+  (`TFGModel.audio_style`) and the first conv's response to the constant `cond_img`/`ref_img`
+  channels (`TFGModel.cond_conv`). No input is donated: the inputs are a few MB against the
+  scan's activations, and callers reuse them (the shared noise; `faces` passed as `refs`).
+
+  Args:
+    model, diffusion: the denoiser and the (respaced) diffusion.
+    use_ddim, eta, clip_denoised: sampler settings (upstream: DDIM, η = 0, clipped).
+    face_hide_percentage: masked lower fraction of each crop.
+    mesh: a mesh from `diff2lip_jax.sharding` (e.g. `sharding.local_mesh()`): the frame batch
+      is split over its data x fsdp axes and params, noise and rng replicated; frames are
+      padded to a multiple of the device count and the padding cut off again. Pass params
+      already replicated (`jax.device_put(params, sharding.replicated(mesh))`) to avoid a copy
+      per call. None: no placement, the jitted function follows its inputs' shardings.
 
   Args of the returned function:
     params: the model's params tree.
@@ -44,7 +63,8 @@ def make_sampler(model: TFGModel, diffusion: Diffusion, *, use_ddim: bool = True
     rng: PRNG key for stochastic samplers (DDPM, DDIM η > 0); None for DDIM η = 0.
 
   Returns:
-    [N, S, S, 3] float32 in [-1, 1]: the sample in the masked rows, `faces` elsewhere.
+    [N, S, S, 3] float32 in [-1, 1]: the sample in the masked rows, `faces` elsewhere (on the
+    mesh's devices when `mesh` is given: batch-sharded, or gathered where padding was cut).
   """
 
   @jax.jit
@@ -53,12 +73,33 @@ def make_sampler(model: TFGModel, diffusion: Diffusion, *, use_ddim: bool = True
     variables = {"params": params}
     mask = lower_face_mask(faces.shape[1], face_hide_percentage)
     x_T = jnp.broadcast_to(noise, faces.shape).astype(jnp.float32)
+    if mesh is not None:
+      x_T = jax.lax.with_sharding_constraint(x_T, sharding.batch_sharding(mesh, 4))
     cond_img = make_cond_img(faces, mask, x_T)
     style = model.apply(variables, mels, method=TFGModel.audio_style)
-    model_fn = lambda x, t: model.apply(variables, x, t, cond_img, mask, refs,
-                                        audio_style=style).astype(jnp.float32)
+    cond = model.apply(variables, cond_img, refs, method=TFGModel.cond_conv)
+    model_fn = lambda x, t: model.apply(variables, x, t, cond_img, mask, audio_style=style,
+                                        cond_conv=cond).astype(jnp.float32)
     x0 = sample_loop(diffusion, model_fn, x_T, use_ddim=use_ddim, eta=eta,
                      clip_denoised=clip_denoised, rng=rng)
     return x0 * mask + (1.0 - mask) * faces
 
-  return sample
+  if mesh is None:
+    return sample
+
+  devices = sharding.batch_size_multiple(mesh)
+  replicated = sharding.replicated(mesh)
+
+  def sharded_sample(params: Any, faces: jax.Array, refs: jax.Array, mels: jax.Array,
+                     noise: jax.Array, rng: Optional[jax.Array] = None) -> jax.Array:
+    n = faces.shape[0]
+    padded = -(-n // devices) * devices
+    pad = lambda x: x if x.shape[0] == padded else jnp.concatenate(
+        [x, jnp.repeat(x[-1:], padded - x.shape[0], axis=0)])
+    put = lambda x: jax.device_put(pad(x), sharding.batch_sharding(mesh, x.ndim))
+    noise = put(noise) if noise.shape[0] == n and n > 1 else jax.device_put(noise, replicated)
+    params, rng = jax.device_put((params, rng), replicated)
+    out = sample(params, put(faces), put(refs), put(mels), noise, rng)
+    return out if padded == n else out[:n]
+
+  return sharded_sample

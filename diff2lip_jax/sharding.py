@@ -103,3 +103,14 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
   """Assembles each host's slice of the batch into global arrays sharded over data x fsdp."""
   return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), v)
           for k, v in local.items()}
+
+
+def local_mesh() -> Mesh:
+  """A mesh over this host's devices with every device on `data` (shape (n, 1, 1)): the mesh
+  for pure data parallelism within a host, e.g. the frame sampler's batch."""
+  return make_mesh(data=-1, devices=jax.local_devices())
+
+
+def batch_size_multiple(mesh: Mesh) -> int:
+  """The number of shards of a batch on `mesh` (data x fsdp): batch sizes must divide by it."""
+  return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))

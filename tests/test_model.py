@@ -38,6 +38,23 @@ def test_precomputed_audio_style_gives_same_output(small_model_params, small_io)
   assert _rel(out, small_io["model_output"]) < 1e-4
 
 
+def test_cond_conv_split_gives_same_output(small_model_params, small_io):
+  """First conv split: conv(concat(x, cond, ref)) = conv_x(x) + cond_conv(cond, ref) (+ bias)."""
+  model, params = small_model_params
+  io = small_io
+  cond = model.apply({"params": params}, io["cond_img"], io["ref_img"], method=model.cond_conv)
+  assert cond.shape == (4, 128, 128, model.model_channels) and cond.dtype == jnp.float32
+  # ref_img is not needed once its conv is precomputed.
+  out = jax.jit(lambda p, c: model.apply(
+      {"params": p}, io["x_t"], io["timesteps"], io["cond_img"], io["mask"], None,
+      io["indiv_mels"], cond_conv=c))(params, cond)
+  full = _forward(model, params, io)
+  assert _rel(out, io["model_output"]) < 1e-4
+  assert _rel(out, np.asarray(full)) < 1e-5
+  with pytest.raises(ValueError, match="ref_img is required"):
+    model.apply({"params": params}, io["cond_img"], method=model.cond_conv)
+
+
 def test_audio_changes_output(small_model_params, small_io):
   model, params = small_model_params
   io = dict(small_io, indiv_mels=np.roll(small_io["indiv_mels"], 1, axis=0))

@@ -7,7 +7,7 @@ An architecture is described everywhere in this project by a dict of upstream's 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import jax.numpy as jnp
 
@@ -68,6 +68,13 @@ def full_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
   return {**RELEASED_FLAGS, **flags}
 
 
+def _hashable_kwargs(kwargs: Mapping[str, Any]) -> Optional[tuple[tuple[str, Any], ...]]:
+  """`{"channel_mult": [1, 2]}` -> `(("channel_mult", (1, 2)),)`, None if empty: a Flax module
+  attribute must be hashable (jit caches and `generate.get_sampler` key on the module)."""
+  freeze = lambda v: tuple(freeze(x) for x in v) if isinstance(v, (list, tuple)) else v
+  return tuple(sorted((str(k), freeze(v)) for k, v in dict(kwargs).items())) or None
+
+
 def model_from_flags(flags: Mapping[str, Any], dtype: Any = jnp.float32,
                      param_dtype: Any = jnp.float32) -> TFGModel:
   """Builds the `TFGModel` that upstream builds from these flags.
@@ -114,7 +121,7 @@ def model_from_flags(flags: Mapping[str, Any], dtype: Any = jnp.float32,
       use_scale_shift_norm=bool(f["use_scale_shift_norm"]),
       resblock_updown=bool(f["resblock_updown"]),
       nrefer=int(f["nrefer"]) if f["use_ref"] else 0,
-      audio=dict(f["audio_encoder_kwargs"]) or None,
+      audio=_hashable_kwargs(f["audio_encoder_kwargs"]),
       dtype=dtype,
       param_dtype=param_dtype,
   )

@@ -17,6 +17,7 @@ Mixed precision: convolutions and dense layers compute in `dtype` (e.g. bfloat16
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -135,7 +136,9 @@ class AttentionBlock(nn.Module):
   `qkv = Dense(3C)(GN(x))`; the 3C channels are laid out head-major: head `i` owns channels
   `[i*3d, (i+1)*3d)`, split into q, k, v of `d = C / heads` each (the legacy order). Attention
   uses scale `1/sqrt(d)` (upstream scales q and k by `d**-1/4` each), softmax in float32, and
-  `jax.nn.dot_product_attention` (cuDNN flash attention on GPU where it applies). Output
+  `jax.nn.dot_product_attention` with the implementation named by the environment variable
+  `DIFF2LIP_ATTENTION` at trace time: unset = JAX's default (the XLA implementation in jax
+  0.10/0.11), "cudnn" = cuDNN fused (flash) attention (GPU, bf16/fp16 only), "xla". Output
   `x + Dense(C)(attention)`.
 
   Input/output: [N, H, W, C].
@@ -154,7 +157,8 @@ class AttentionBlock(nn.Module):
     qkv = nn.Dense(3 * c, dtype=self.dtype, param_dtype=self.param_dtype, name="qkv")(normed)
     qkv = qkv.reshape(n, h * w, self.num_heads, 3, head_dim)
     q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
-    a = jax.nn.dot_product_attention(q, k, v)  # [N, T, heads, d]
+    a = jax.nn.dot_product_attention(  # [N, T, heads, d]
+        q, k, v, implementation=os.environ.get("DIFF2LIP_ATTENTION") or None)
     a = a.reshape(n, h * w, c)
     out = nn.Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_out")(a)
     return (tokens.astype(out.dtype) + out).reshape(n, h, w, c)

@@ -39,7 +39,8 @@ class TFGModel(nn.Module):
     num_heads, num_head_channels, num_heads_upsample: as upstream; a `num_head_channels`
       other than -1 fixes the head width and overrides the head counts.
     nrefer: reference frames per frame (`use_ref`); 0 disables the reference input.
-    audio: keyword arguments of `AudioEncoder` (upstream `audio_encoder_kwargs`).
+    audio: keyword arguments of `AudioEncoder` (upstream `audio_encoder_kwargs`) as a tuple of
+      (name, value) pairs, so that the module stays hashable (a dict works but is unhashable).
     dtype: computation dtype of convolutions and attention (bfloat16 for speed); the timestep
       MLP, normalisation statistics, softmax and the output head stay float32.
     param_dtype: parameter dtype.
@@ -58,7 +59,7 @@ class TFGModel(nn.Module):
   use_scale_shift_norm: bool = False
   resblock_updown: bool = True
   nrefer: int = 1
-  audio: Optional[dict] = None
+  audio: Optional[Any] = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -124,7 +125,7 @@ class TFGModel(nn.Module):
     self.audio_encoder = AudioEncoder(dropout=self.dropout,
                                       use_scale_shift_norm=self.use_scale_shift_norm,
                                       resblock_updown=self.resblock_updown,
-                                      **kw, **(self.audio or {}))
+                                      **kw, **dict(self.audio or ()))
     self.audio_encoder_to_style_0 = GroupNorm32(out_dtype=self.dtype, param_dtype=self.param_dtype)
     self.audio_encoder_to_style_3 = nn.Conv(emb_dim, (1, 1), **kw)
 
@@ -143,10 +144,49 @@ class TFGModel(nn.Module):
     a = jnp.mean(a.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(self.dtype)
     return self.audio_encoder_to_style_3(a)[:, 0, 0, :].astype(jnp.float32)
 
+  def _first_conv(self, x: jax.Array, channels: slice, bias: bool) -> jax.Array:
+    """The first conv (`input_blocks_0_0`) restricted to input `channels`, float32 output.
+
+    The first conv sees `concat([x, cond_img, ref_img])` and is linear (zero padding
+    included), so it splits into a part over the 3 x_t-dependent channels and a part over the
+    constant conditioning channels; both read the unchanged `[3, 3, 3 + 3 + 3 * nrefer, C]`
+    kernel, so parameter names and shapes (hence checkpoints and the converter) are unchanged.
+    """
+    p = self.variables["params"]["input_blocks_0_0"]
+    kernel = jnp.asarray(p["kernel"])[:, :, channels, :].astype(self.dtype)
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel, (1, 1), ((1, 1), (1, 1)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.float32)
+    return y + jnp.asarray(p["bias"], jnp.float32) if bias else y
+
+  def cond_conv(self, cond_img: jax.Array, ref_img: Optional[jax.Array] = None) -> jax.Array:
+    """The first conv's response to the constant conditioning channels, bias included.
+
+    `__call__(..., cond_conv=self.cond_conv(cond_img, ref_img))` equals `__call__(...)`; a
+    sampler computes it once per batch instead of once per step (it does not depend on x_t or
+    t). It saves 2/3 of the first conv (0.14 % of the model's FLOPs at the released
+    size) and the 9-channel concatenation per step.
+
+    Args:
+      cond_img: [N, H, W, 3] as in `__call__`.
+      ref_img: [N, H, W, 3 * nrefer]; required when nrefer > 0.
+
+    Returns:
+      [N, H, W, model_channels * channel_mult[0]] float32.
+
+    Raises:
+      ValueError: `ref_img` missing although nrefer > 0.
+    """
+    if self.nrefer and ref_img is None:
+      raise ValueError(f"ref_img is required (nrefer={self.nrefer})")
+    parts = [cond_img] + ([ref_img] if self.nrefer else [])
+    return self._first_conv(jnp.concatenate(parts, axis=-1), slice(3, None), bias=True)
+
   def __call__(self, x_t: jax.Array, timesteps: jax.Array, cond_img: jax.Array,
                mask: jax.Array, ref_img: Optional[jax.Array] = None,
                indiv_mels: Optional[jax.Array] = None, *,
                audio_style: Optional[jax.Array] = None,
+               cond_conv: Optional[jax.Array] = None,
                deterministic: bool = True) -> jax.Array:
     """Predicts noise and variance values for a batch of frames.
 
@@ -158,6 +198,8 @@ class TFGModel(nn.Module):
       ref_img: [N, H, W, 3 * nrefer] reference frame(s) in [-1, 1]; required when nrefer > 0.
       indiv_mels: [N, 80, 16] mel windows; ignored when `audio_style` is given.
       audio_style: [N, 4 * model_channels] precomputed `self.audio_style(indiv_mels)`.
+      cond_conv: precomputed `self.cond_conv(cond_img, ref_img)`; then `cond_img` only fills
+        the unmasked rows of x_t and `ref_img` is ignored.
       deterministic: disables dropout.
 
     Returns:
@@ -165,8 +207,11 @@ class TFGModel(nn.Module):
       values v in [-1, 1] (3 channels) when learned.
     """
     x = x_t * mask + (1.0 - mask) * cond_img
-    parts = [x, cond_img] + ([ref_img] if self.nrefer else [])
-    h = jnp.concatenate(parts, axis=-1).astype(self.dtype)
+    if cond_conv is None:
+      parts = [x, cond_img] + ([ref_img] if self.nrefer else [])
+      h = jnp.concatenate(parts, axis=-1).astype(self.dtype)
+    else:
+      h = (self._first_conv(x, slice(0, 3), bias=False) + cond_conv).astype(self.dtype)
 
     emb = timestep_embedding(timesteps, self.model_channels)
     emb = self.time_embed_2(nn.silu(self.time_embed_0(emb)))
@@ -175,8 +220,9 @@ class TFGModel(nn.Module):
     emb = emb + audio_style
 
     skips = []
-    for layers in self.input_blocks:
-      h = self._apply(layers, h, emb, deterministic)
+    for i, layers in enumerate(self.input_blocks):
+      if i or cond_conv is None:
+        h = self._apply(layers, h, emb, deterministic)
       skips.append(h)
     h = self._apply(self.middle_block, h, emb, deterministic)
     for layers in self.output_blocks:
