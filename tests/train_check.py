@@ -1,8 +1,8 @@
-"""Runs one train step of a tiny model on a given mesh and prints the results (used by
-tests/test_train_step.py in subprocesses, since the CPU device count is fixed at start-up)."""
+"""Runs one train step of the debug config's model (32x32, 2 levels) on a given mesh and prints
+the results as JSON (used by tests/test_train.py in subprocesses, since the CPU device count is
+fixed at start-up): `python tests/train_check.py 2x4 1` (mesh data x fsdp, accumulation steps)."""
 
 import json
-import os
 import sys
 
 import jax
@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from configs import debug
 from diff2lip_jax import sharding
 from diff2lip_jax.diffusion import make_diffusion
 from diff2lip_jax.models import model_from_flags
@@ -17,11 +18,8 @@ from diff2lip_jax.models.discriminator import PatchDiscriminator
 from diff2lip_jax.training.state import make_optimizer
 from diff2lip_jax.training.step import LossWeights, init_train_state, jit_train_step, make_train_step
 
-TINY = {"image_size": 64, "num_channels": 32, "num_res_blocks": 1, "num_head_channels": 32,
-        "attention_resolutions": "8"}
 
-
-def batch(b=8, s=64, seed=0):
+def batch(b=8, s=32, seed=0):
   rng = np.random.default_rng(seed)
   return {"image": rng.integers(0, 255, (b, 5, s, s, 3), dtype=np.uint8),
           "ref_img": rng.integers(0, 255, (b, 5, s, s, 3), dtype=np.uint8),
@@ -32,7 +30,7 @@ def batch(b=8, s=64, seed=0):
 def main(mesh_shape, accum):
   data, fsdp = mesh_shape
   mesh = sharding.make_mesh(data, fsdp, 1)
-  model = model_from_flags(TINY)
+  model = model_from_flags(debug.get_config().model.to_dict())
   disc = PatchDiscriminator(ndf=32, n_layers=2)
   tx, dtx = make_optimizer(1e-3, 0, 10, 0.0, 1.0), optax.adam(1e-3)
   step_fn = make_train_step(model=model, diffusion=make_diffusion(), tx=tx,
@@ -45,7 +43,7 @@ def main(mesh_shape, accum):
   kernel = state.params["input_blocks_1_0"]["in_layers_2"]["kernel"]
   out = {"metrics": {k: float(v) for k, v in metrics.items()},
          "kernel_spec": str(kernel.sharding.spec),
-         "kernel_shards": len({s.index for s in kernel.addressable_shards}),
+         "kernel_shards": len({str(s.index) for s in kernel.addressable_shards}),
          "param_sum": float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(state.params))),
          "kernel": np.asarray(kernel).ravel()[:64].tolist(),
          "disc_sum": float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(state.disc_params)))}
