@@ -17,8 +17,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 FACE = REPO / "examples" / "face.png"
 # A tiny TFGModel (64x64 crops, 32 channels, one res block per level): the pipeline, not the model,
 # is what is measured here.
-TINY_FLAGS = {"image_size": 64, "num_channels": 32, "num_res_blocks": 1, "num_head_channels": 32,
-              "attention_resolutions": "8"}
+TINY_FLAGS = {"image_size": 32, "channel_mult": "1,2", "num_channels": 32, "num_res_blocks": 1,
+              "num_head_channels": 32, "attention_resolutions": "16",
+              "audio_encoder_kwargs": {"init_spatial_dim": 32, "channel_mult": [1, 2],
+                                       "num_res_blocks": 1}}
 RSS_FPS = 3  # frames per second of the RSS test videos (2 min = 360 frames of 640x360)
 
 
