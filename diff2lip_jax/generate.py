@@ -44,6 +44,7 @@ from diff2lip_jax import audio as audio_lib
 from diff2lip_jax import blend as blend_lib
 from diff2lip_jax import checkpoint as ckpt_lib
 from diff2lip_jax import face as face_lib
+from diff2lip_jax import sharding
 from diff2lip_jax import tracking
 from diff2lip_jax import video as video_lib
 from diff2lip_jax.diffusion import make_diffusion
@@ -341,14 +342,15 @@ _SAMPLERS: dict[tuple, Any] = {}
 
 
 def get_sampler(model, timestep_respacing: str, use_ddim: bool, eta: float,
-                clip_denoised: bool, face_hide_percentage: float):
-  """A jitted frame sampler, cached so that repeated calls (filelists, tests) compile once."""
+                clip_denoised: bool, face_hide_percentage: float, mesh=None):
+  """A jitted frame sampler (`sampling.make_sampler`), cached so that repeated calls
+  (filelists, tests) compile once; with `mesh` its frame batch is split over the mesh."""
   key = (model, timestep_respacing, use_ddim, float(eta), clip_denoised,
-         float(face_hide_percentage))
+         float(face_hide_percentage), mesh)
   if key not in _SAMPLERS:
     _SAMPLERS[key] = make_sampler(model, make_diffusion(timestep_respacing=timestep_respacing),
                                   use_ddim=use_ddim, eta=eta, clip_denoised=clip_denoised,
-                                  face_hide_percentage=face_hide_percentage)
+                                  face_hide_percentage=face_hide_percentage, mesh=mesh)
   return _SAMPLERS[key]
 
 
@@ -388,12 +390,15 @@ def _generate(source: video_lib.FrameSource, plan: Plan, mel: np.ndarray, model:
   and the shared noise, so the output does not depend on the chunking.
   """
   size = model.image_size
+  # One video, no device given: its frame batches are split over all local devices.
+  mesh = sharding.local_mesh() if device is None and jax.local_device_count() > 1 else None
   sample = get_sampler(model, opts.timestep_respacing, opts.use_ddim, opts.eta,
-                       opts.clip_denoised, opts.face_hide_percentage)
+                       opts.clip_denoised, opts.face_hide_percentage, mesh)
   key_noise, key_steps = jax.random.split(jax.random.key(opts.sampling_seed))
   noise = jax.random.normal(key_noise, (1, size, size, 3), jnp.float32)
-  if device is not None:
-    params, noise = jax.device_put((params, noise), device)
+  if device is not None or mesh is not None:
+    params, noise = jax.device_put(
+        (params, noise), device if mesh is None else sharding.replicated(mesh))
   stochastic = (not opts.use_ddim) or opts.eta > 0
   chunk = max(1, opts.sampling_batch_size * opts.nframes)
   out_found = plan.out_found
