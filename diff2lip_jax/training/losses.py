@@ -16,6 +16,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from diff2lip_jax.models import syncnet
+
 
 def gan_generator_loss(fake_logits: jax.Array) -> jax.Array:
   """Non-saturating generator loss `-log σ(D(fake))`, mean over patches: [B, ...] -> []."""
@@ -27,37 +29,36 @@ def gan_discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> ja
   return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
 
 
-def sync_face_input(clips: jax.Array, size: tuple[int, int] = (48, 96)) -> jax.Array:
-  """Lower halves of 5-frame clips in the Wav2Lip expert's input layout.
+def sync_face_input(clips: jax.Array, size: int = 96) -> jax.Array:
+  """5-frame clips -> the Wav2Lip expert's face input, as Wav2Lip feeds it: each crop resized to
+  `size`² (96 for `SyncNet_color`), then `syncnet.stack_faces` (lower half, BGR, frames stacked
+  frame-major along channels).
 
   Args:
     clips: [B, F, S, S, 3] RGB in [-1, 1].
-    size: (H, W) of the expert's lower half (Wav2Lip `SyncNet_color`: 48 x 96 of a 96² face).
 
   Returns:
-    [B, H, W, 3F] float32 in [0, 1], BGR, frames stacked frame-major along channels (Wav2Lip
-    concatenates the T frames along channels).
+    [B, size / 2, size, 3F] float32 in [0, 1].
   """
-  b, f, s, _, _ = clips.shape
-  lower = clips[:, :, s // 2:]
-  lower = jax.image.resize(lower, (b, f, *size, 3), "bilinear")
-  lower = (lower[..., ::-1] + 1.0) / 2.0
-  return jnp.moveaxis(lower, 1, 3).reshape(b, *size, 3 * f)
+  b, f = clips.shape[:2]
+  faces = (clips.astype(jnp.float32) + 1.0) / 2.0
+  if clips.shape[2:4] != (size, size):
+    faces = jax.image.resize(faces, (b, f, size, size, 3), "bilinear")
+  return syncnet.stack_faces(faces)
 
 
 def sync_loss(embed: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]],
               clips: jax.Array, mel: jax.Array) -> jax.Array:
-  """Wav2Lip's expert sync loss: BCE of the audio/video cosine similarity against "in sync".
+  """Wav2Lip's expert sync loss: BCE of the audio/video sync probability against "in sync".
 
   Args:
     embed: (faces [B, 48, 96, 15], mel [B, 80, 16]) -> (audio_emb, face_emb), each [B, D]
-      L2-normalised (a frozen expert, e.g. `models.syncnet`).
+      (a frozen expert, e.g. `models.syncnet.Wav2LipSyncNet`).
     clips: [B, 5, S, S, 3] generated clips in [-1, 1].
     mel: [B, 80, 16] the clip's mel window.
 
   Returns:
-    [] mean over the batch of `-log(cos(a, v))` (cosine clipped to [1e-7, 1]).
+    [] mean over the batch of `-log p`, p = `syncnet.sync_probability` (the cosine similarity).
   """
-  a, v = embed(sync_face_input(clips), mel)
-  cos = jnp.sum(a * v, axis=-1) / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(v, axis=-1) + 1e-8)
-  return jnp.mean(-jnp.log(jnp.clip(cos, 1e-7, 1.0)))
+  p = syncnet.sync_probability(*embed(sync_face_input(clips), mel))
+  return jnp.mean(syncnet.sync_bce(p, jnp.ones_like(p)))
