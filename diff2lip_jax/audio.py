@@ -8,6 +8,7 @@ Pipeline, all in numpy on the host (it is cheap next to the diffusion model):
 
   load_audio(path)        -> wav  [S] float32, 16 kHz mono, in [-1, 1]
   melspectrogram(wav)     -> mel  [80, T] float32 in [-4, 4], T = 1 + S // 200 (80 steps / s)
+  melspectrogram_for_frames(wav) -> the same with 0.2 s of trailing silence (full last windows)
   frame_times(N, fps)     -> t    [N] float64 seconds (t_j = j / fps)
   mel_windows(mel, t)     -> win  [N', 80, 16] float32, the model's `indiv_mels`
 
@@ -161,6 +162,14 @@ def melspectrogram(wav: np.ndarray, block_steps: int = 4000) -> np.ndarray:
     norm = 2 * MAX_ABS_VALUE * (db - MIN_LEVEL_DB) / -MIN_LEVEL_DB - MAX_ABS_VALUE
     out[:, a:b] = np.clip(norm, -MAX_ABS_VALUE, MAX_ABS_VALUE)
   return out
+
+
+def melspectrogram_for_frames(wav: np.ndarray) -> np.ndarray:
+  """`melspectrogram` of `wav` followed by MIN_SECONDS (0.2 s) of silence, so that every frame
+  up to the end of the audio gets a full 16-step window (each window starts 0.04 s before its
+  frame). [80, 1 + (S + 3200) // 200] float32 in [-4, 4]."""
+  silence = np.zeros(int(MIN_SECONDS * SAMPLE_RATE), np.float32)
+  return melspectrogram(np.concatenate([np.asarray(wav, np.float32), silence]))
 
 
 def frame_times(num_frames: int, fps: float) -> np.ndarray:

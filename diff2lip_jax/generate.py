@@ -488,12 +488,7 @@ def _prepare(video, audio, *, checkpoint, model_and_params, dtype, detector, s3f
   if plan.scene_cuts:
     logging.info("scene cuts at source frames %s: face tracking restarted there",
                  plan.scene_cuts)
-  # Every output frame at t gets the window starting 0.04 s before t; silence appended to the
-  # audio gives the last frames a full window.
-  padded = np.concatenate([wav, np.zeros(int(audio_lib.MIN_SECONDS * audio_lib.SAMPLE_RATE),
-                                         np.float32)])
-  mel = audio_lib.melspectrogram(padded)
-  del padded
+  mel = audio_lib.melspectrogram_for_frames(wav)
   out_audio = video_lib.fit_audio(wav, int(round(plan.duration * audio_lib.SAMPLE_RATE)))
   chunks = _generate(source, plan, mel, model, params, opts, device)
   return _Run(plan=plan, audio=out_audio, chunks=chunks, source=source)

@@ -228,3 +228,16 @@ def test_blocked_mel_equals_one_block():
   whole = audio.melspectrogram(wav, block_steps=10**9)
   assert whole.shape == (80, 1 + wav.size // 200)
   np.testing.assert_array_equal(audio.melspectrogram(wav, block_steps=300), whole)
+
+
+def test_mel_for_frames_gives_every_frame_a_window():
+  """With the appended 0.2 s of silence, every frame up to the end of the audio has a full
+  window, at 25 and 30 fps; without it the last frames would not."""
+  wav = (0.1 * np.random.default_rng(1).standard_normal(16000 * 2 + 77)).astype(np.float32)
+  mel = audio.melspectrogram_for_frames(wav)
+  assert mel.shape == (80, 1 + (wav.size + 3200) // 200)
+  for fps in (25.0, 30.0):
+    n = audio.num_frames_for_audio(wav.size, fps)
+    times = audio.frame_times(n, fps)
+    assert audio.num_windows(mel.shape[1], times) == n
+    assert audio.num_windows(audio.melspectrogram(wav).shape[1], times) < n

@@ -270,11 +270,8 @@ def _prepare(pair: filelists.Pair, setting: str, cfg: ml_collections.ConfigDict,
   n = min(audio_lib.num_frames_for_audio(len(wav), fps), video.num_frames)
   if n < 1:
     raise generate.LipsyncError("audio shorter than one frame")
-  # As generate.lipsync: frame k's window starts 0.04 s before k / fps; trailing silence gives
-  # the last frames a full window.
-  padded = np.concatenate([wav, np.zeros(int(audio_lib.MIN_SECONDS * audio_lib.SAMPLE_RATE),
-                                         np.float32)])
-  mels = audio_lib.mel_windows(audio_lib.melspectrogram(padded), audio_lib.frame_times(n, fps))
+  mels = audio_lib.mel_windows(audio_lib.melspectrogram_for_frames(wav),
+                               audio_lib.frame_times(n, fps))
   src = np.zeros(n, np.int64) if setting == "reconstruction" else np.arange(n)
   src_frames = video.frames[:int(src.max()) + 1]
   boxes, found = boxes_fn(src_frames)
