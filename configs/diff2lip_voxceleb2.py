@@ -37,7 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict(dict(
       simple=1.0, sync=0.1, lpips=0.25, gan=0.5,
-      syncnet_weights="",          # Wav2Lip lipsync_expert.pth (or .npz); empty: sync loss off
+      syncnet_weights="",          # Wav2Lip lipsync_expert.pth (or .npz), or a directory: an
+                                   # expert from launch.train_syncnet; empty: sync loss off
       lpips_weights=""))           # lpips.LPIPS(net='alex') state_dict; empty: LPIPS loss off
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-4, warmup_steps=1000, weight_decay=0.0, b1=0.9, b2=0.999, grad_clip=1.0,

@@ -5,6 +5,7 @@ that `tfds.data_source("diff2lip_voxceleb2", split="train", data_dir=...)` works
 
 * `python -m diff2lip_jax.data.prepare`: videos -> dataset (`build.prepare_dataset`).
 * `pipeline.make_train_iterator`: batches of 5-frame windows for training.
+* `sync_pairs.make_sync_iterator`: in-sync / off-sync pairs for training the SyncNet expert.
 * `synthetic.make_synthetic_dataset`: small synthetic VoxCeleb2-style folder (no downloads).
 
 The other names below are imported on first use (PEP 562), so that `prepare`'s worker
@@ -19,7 +20,7 @@ from diff2lip_jax.data.builder import Diff2lipLrw, Diff2lipVoxceleb2, builder_cl
 _LAZY = {
     "PrepareSummary": "build", "prepare_dataset": "build", "ProcessOptions": "clips",
     "make_train_dataset": "pipeline", "make_train_iterator": "pipeline",
-    "make_synthetic_dataset": "synthetic",
+    "make_synthetic_dataset": "synthetic", "make_sync_iterator": "sync_pairs",
 }
 
 __all__ = ["Diff2lipLrw", "Diff2lipVoxceleb2", "builder_class", *_LAZY]

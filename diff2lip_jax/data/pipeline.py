@@ -78,6 +78,14 @@ class _KeepEncoded(tfds.decode.SkipDecoding):
     return serialized_example
 
 
+def decode_frames(frames: Any, start: int, count: int) -> np.ndarray:
+  """[count, H, W, 3] uint8 frames start .. start+count-1 of a record's `frames` (JPEG byte
+  strings, decoded here, or already decoded arrays)."""
+  def decode(f):
+    return clips.decode_jpeg(f) if isinstance(f, bytes) else np.asarray(f, np.uint8)
+  return np.stack([decode(frames[i]) for i in range(start, start + count)])
+
+
 def sample_example(record: dict[str, Any], clip_index: int, rng: np.random.Generator,
                    random_flip: bool = False,
                    nframes: int = NFRAMES) -> dict[str, np.ndarray] | None:
@@ -105,12 +113,8 @@ def sample_example(record: dict[str, Any], clip_index: int, rng: np.random.Gener
   r = windows.sample_reference_start(k, n, rng, nframes)
   flip = bool(random_flip and rng.random() < 0.5)
 
-  def decode(i: int) -> np.ndarray:
-    f = frames[i]
-    return clips.decode_jpeg(f) if isinstance(f, bytes) else np.asarray(f, np.uint8)
-
-  image = np.stack([decode(i) for i in range(k, k + nframes)])
-  ref = np.stack([decode(i) for i in range(r, r + nframes)])
+  image = decode_frames(frames, k, nframes)
+  ref = decode_frames(frames, r, nframes)
   if flip:
     image, ref = image[:, :, ::-1], ref[:, :, ::-1]
   times = audio.frame_times(n, fps)
@@ -193,11 +197,17 @@ def make_train_dataset(data_dir: str | os.PathLike,
                        worker_count: int = 0,
                        *,
                        random_flip: bool = False,
+                       sampler_cls: type[ClipSampler] = ClipSampler,
                        drop_remainder: bool = True,
                        read_threads: int = 4,
                        prefetch_buffer_size: int = 16,
                        worker_buffer_size: int = 2) -> grain.IterDataset:
-  """The batched grain `IterDataset` of `make_train_iterator` (same arguments)."""
+  """The batched grain `IterDataset` of `make_train_iterator` (same arguments).
+
+  `sampler_cls` is the per-record random-map transform, built as `sampler_cls(data_dir,
+  dataset_name, split, random_flip=random_flip)`: `ClipSampler` (the generator's examples) or a
+  subclass such as `sync_pairs.SyncPairSampler` (the SyncNet expert's pairs).
+  """
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
     process_index = jax.process_index() if process_index is None else process_index
@@ -207,7 +217,7 @@ def make_train_dataset(data_dir: str | os.PathLike,
   data_dir = os.fspath(data_dir)
   num_clips = len(open_source(data_dir, dataset_name, split))
   mine = host_clips(num_clips, process_index, process_count)
-  sampler = ClipSampler(data_dir, dataset_name, split, random_flip=random_flip)
+  sampler = sampler_cls(data_dir, dataset_name, split, random_flip=random_flip)
   ds = (grain.MapDataset.source([int(i) for i in mine])
         .seed(seed)
         .shuffle()
@@ -249,8 +259,8 @@ def make_train_iterator(data_dir: str | os.PathLike,
     process_index, process_count: this host and the number of hosts (default
       `jax.process_index()`, `jax.process_count()`).
     worker_count: grain worker processes (`mp_prefetch`; 0: threads in this process only).
-    **kwargs: `random_flip` (False), `drop_remainder` (True), `read_threads` (4),
-      `prefetch_buffer_size` (16), `worker_buffer_size` (2).
+    **kwargs: `random_flip` (False), `sampler_cls` (`ClipSampler`), `drop_remainder` (True),
+      `read_threads` (4), `prefetch_buffer_size` (16), `worker_buffer_size` (2).
 
   Returns:
     `grain.DatasetIterator` of dicts of numpy arrays; supports `get_state()` / `set_state()`.

@@ -28,8 +28,11 @@ def make_manager(workdir: str | pathlib.Path, save_every: int, keep: int = 3,
       pp.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=True, n=keep_best,
                keep_checkpoints_without_metrics=False),
   ])
+  # `best_fn` makes Orbax write the metrics passed to `save` (without it they are dropped and
+  # BestN has nothing to rank) and gives `best_step()`.
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=save_every, preservation_policy=policy,
+      best_fn=lambda m: m[BEST_METRIC], best_mode="min",
       enable_async_checkpointing=async_save, create=True)
   return ocp.CheckpointManager(pathlib.Path(workdir).resolve() / "checkpoints", options=options,
                                item_names=("state", "data"))

@@ -32,7 +32,12 @@ from diff2lip_jax.training.step import (
 
 def _loss_networks(config: ml_collections.ConfigDict) -> tuple[LossWeights, Any, Any]:
   """Loss weights and the frozen LPIPS / SyncNet functions; a term whose weights file is not
-  configured is switched off with a warning (a config without them still trains)."""
+  configured is switched off with a warning (a config without them still trains).
+
+  `loss.syncnet_weights`: a directory is a Wav2Lip expert trained here (a `launch.train_syncnet`
+  workdir: its checkpoint with the lowest val loss; or one `checkpoints/<step>` folder), a file
+  is Wav2Lip's `lipsync_expert.pth` / `.npz`, converted (`syncnet_train.load_expert`).
+  """
   lc = config.loss
   lpips_fn = sync_embed = None
   lpips_w, sync_w = lc.lpips, lc.sync
@@ -44,8 +49,8 @@ def _loss_networks(config: ml_collections.ConfigDict) -> tuple[LossWeights, Any,
     logging.warning("loss.lpips=%g but no loss.lpips_weights: LPIPS loss off", lpips_w)
     lpips_w = 0.0
   if sync_w and lc.syncnet_weights:
-    from diff2lip_jax.models import syncnet  # pylint: disable=import-outside-toplevel
-    sync_model, sync_vars = syncnet.load_wav2lip_syncnet(lc.syncnet_weights)
+    from diff2lip_jax.training import syncnet_train  # pylint: disable=import-outside-toplevel
+    sync_model, sync_vars = syncnet_train.load_expert(lc.syncnet_weights)
     sync_embed = lambda faces, mel: sync_model.apply(sync_vars, mel, faces, train=False)
   elif sync_w:
     logging.warning("loss.sync=%g but no loss.syncnet_weights: sync loss off", sync_w)
