@@ -1,5 +1,6 @@
 """Shared pytest fixtures: the upstream reference tensors beside the project root."""
 
+import os
 import pathlib
 
 import pytest
@@ -49,3 +50,17 @@ def small_checkpoint(tmp_path_factory, upstream_dir, small_flags):
   from diff2lip_jax import convert
   return convert.convert(upstream_dir / "tfg_small.npz",
                          tmp_path_factory.mktemp("ckpt") / "small", small_flags)
+
+
+@pytest.fixture(scope="session")
+def trainer_env(tmp_path_factory) -> dict:
+  """Environment for trainer subprocesses (tests/test_train*.py): the repo importable, one persistent compilation
+  cache shared by them (reruns and resumes recompile nothing), and XLA:CPU's cheapest
+  optimisation level (these small programs compile longer than they run at full level)."""
+  e = dict(os.environ)
+  e["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+  e["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+  e["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  e["XLA_FLAGS"] = (e.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+                    " --xla_llvm_disable_expensive_passes=true").strip()
+  return e

@@ -4,7 +4,6 @@ start-up, and a killed run must be a real process. A persistent compilation cach
 subprocesses keeps the recompiles cheap."""
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -18,14 +17,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  e = dict(os.environ)
-  e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
-  e["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
-  e["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  # XLA:CPU's optimising backend spends more time compiling these small programs than they run.
-  e["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
-  return e
+def env(trainer_env):
+  return trainer_env
 
 
 def _train_check(mesh: str, env: dict, devices: int) -> subprocess.Popen:

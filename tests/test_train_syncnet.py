@@ -6,7 +6,6 @@ compilation cache, so the resumed run does not compile again; XLA's CPU back-end
 are turned down for them (compile time dominates these few-step runs on a 2-core CPU)."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -25,7 +24,6 @@ from diff2lip_jax.models import syncnet
 from diff2lip_jax.training import syncnet_step, syncnet_train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-_FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
@@ -115,13 +113,8 @@ def test_train_step_lowers_loss_and_updates_batch_stats():
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  e = dict(os.environ)
-  e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
-  e["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
-  e["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  e["XLA_FLAGS"] = (e.get("XLA_FLAGS", "") + " " + _FAST_XLA).strip()
-  return e
+def env(trainer_env):
+  return trainer_env
 
 
 def _launch(workdir, data_dir, env, steps):

@@ -14,6 +14,7 @@ import threading
 from typing import Any, Optional
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
@@ -47,16 +48,19 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any,
   return manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any,
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, shardings: Any, data_iter: Any,
             step: Optional[int] = None) -> tuple[Any, Optional[int]]:
-  """Restores the latest (or `step`) checkpoint into `abstract_state`'s shardings.
+  """Restores the latest (or `step`) checkpoint: `abstract_state`'s shapes and dtypes (e.g. from
+  `jax.eval_shape`), placed with `shardings` (a matching tree of `jax.sharding.Sharding`).
 
   The iterator is restored in place. Returns (state, step), or (None, None) with no checkpoint.
   """
   step = manager.latest_step() if step is None else step
   if step is None:
     return None, None
-  items = {"state": ocp.args.StandardRestore(abstract_state)}
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract_state, shardings)
+  items = {"state": ocp.args.StandardRestore(target)}
   if data_iter is not None:
     items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
   restored = manager.restore(step, args=ocp.args.Composite(**items))

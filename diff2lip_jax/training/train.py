@@ -132,9 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   manager = checkpointing.make_manager(workdir, config.checkpoint_every, config.keep_checkpoints,
                                        config.keep_best, config.async_checkpointing)
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract, shardings)
-  state, start = checkpointing.restore(manager, target, train_iter)
+  state, start = checkpointing.restore(manager, abstract, shardings, train_iter)
   if state is None:
     state, start = jax.jit(init_fn, out_shardings=shardings)(), 0
   else:
