@@ -95,10 +95,10 @@ def random_params(model: Any, seed: int = 0) -> Any:
   0. Values do not change the timings; they keep activations finite.
 
   Returns:
-    A float32 numpy params tree with `checkpoint.abstract_params(model)`'s structure.
+    A float32 numpy params tree with `checkpoints.abstract_params(model)`'s structure.
   """
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from diff2lip_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  from diff2lip_jax.inference import checkpoints  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(seed)
 
   def draw(path, leaf):
@@ -111,7 +111,7 @@ def random_params(model: Any, seed: int = 0) -> Any:
       return np.ones(shape, np.float32)
     return np.zeros(shape, np.float32)
 
-  return jax.tree_util.tree_map_with_path(draw, checkpoint.abstract_params(model))
+  return jax.tree_util.tree_map_with_path(draw, checkpoints.abstract_params(model))
 
 
 def profile_subdir(args: argparse.Namespace, figure: str) -> str:

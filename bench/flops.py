@@ -120,10 +120,10 @@ def xla_flops(fn: Callable[..., Any], *args: Any) -> float | None:
 
 def model_forward_flops(model, batch: int = 1) -> int:
   """FLOPs of one `TFGModel` forward pass (audio encoder included) on `batch` frames."""
-  from diff2lip_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  from diff2lip_jax.inference import checkpoints  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   s, f32 = model.image_size, jnp.float32
-  params = checkpoint.abstract_params(model)
+  params = checkpoints.abstract_params(model)
   img = jax.ShapeDtypeStruct((batch, s, s, 3), f32)
   ref = jax.ShapeDtypeStruct((batch, s, s, 3 * max(model.nrefer, 1)), f32)
   mask = jax.ShapeDtypeStruct((1, s, s, 1), f32)

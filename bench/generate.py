@@ -29,7 +29,7 @@ from PIL import Image
 
 from bench import flops
 from diff2lip_jax import generate
-from diff2lip_jax import video as video_lib
+from diff2lip_jax.media import video as video_lib
 from diff2lip_jax.diffusion import make_diffusion
 from diff2lip_jax.models import model_from_flags
 
@@ -38,7 +38,7 @@ FACE_BOX = (175, 76, 266, 167)  # dlib's box on examples/face.png (x1, y1, x2, y
 
 
 class FixedDetector:
-  """`face.FaceDetector` that returns the example face's box (shifted with the frame)."""
+  """`faces.FaceDetector` that returns the example face's box (shifted with the frame)."""
 
   def __init__(self, boxes: np.ndarray):
     self.boxes = boxes
@@ -85,8 +85,8 @@ def main(argv=None) -> list[dict]:
   if args.detector == "fixed":
     make_detector = lambda: FixedDetector(boxes)
   else:
-    from diff2lip_jax import face as face_lib  # pylint: disable=import-outside-toplevel
-    make_detector = lambda: face_lib.make_detector("dlib")
+    from diff2lip_jax.inference import faces  # pylint: disable=import-outside-toplevel
+    make_detector = lambda: faces.make_detector("dlib")
 
   def call():
     out = generate.lipsync(video, wav, model_and_params=(model, params),

@@ -2,7 +2,7 @@
 
 Figures (issue 4; defaults are the issue's, on the released architecture in bfloat16):
   ddim_sampling  `--timestep_respacing` (ddim25) with `--batch` (32) frames per call: the jitted
-                 sampler of `diff2lip_jax.sampling.make_sampler` (one `lax.scan`; audio style
+                 sampler of `diff2lip_jax.inference.sampler.make_sampler` (one `lax.scan`; audio style
                  and the conditioning part of the first conv computed once per call), frames
                  sharded over all local devices, params replicated.
   forward        one `TFGModel` forward pass on `--forward_batch` (256) frames, jitted, batch
@@ -28,7 +28,7 @@ from bench import flops
 from diff2lip_jax import sharding
 from diff2lip_jax.diffusion import make_diffusion
 from diff2lip_jax.models import model_from_flags
-from diff2lip_jax.sampling import make_sampler
+from diff2lip_jax.inference.sampler import make_sampler
 
 FIGURES = ("ddim_sampling", "forward")
 

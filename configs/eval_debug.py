@@ -11,7 +11,8 @@ pipeline, the numbers mean nothing. Runs on CPU in about a minute.
 
 import pathlib
 
-from diff2lip_jax.evaluation.job import RANDOM_SMALL, default_config
+from diff2lip_jax.evaluation.job import default_config
+from diff2lip_jax.inference.checkpoints import RANDOM_SMALL
 
 UPSTREAM = pathlib.Path(__file__).resolve().parents[2] / "shared" / "upstream"
 

@@ -1,6 +1,6 @@
 r"""Lip-sync a face video (or a still image) to any speech audio with Diff2Lip.
 
-  python -m diff2lip_jax.generate --video_path face.mp4 --audio_path speech.wav \
+  python -m diff2lip_jax.generate --video_path faces.mp4 --audio_path speech.wav \
       --out_path out.mp4 --checkpoint checkpoints/diff2lip_released --timestep_respacing ddim25
   python -m diff2lip_jax.generate --filelist pairs.txt --data_root videos/ \
       --sample_path outputs/ --checkpoint checkpoints/diff2lip_released
@@ -40,16 +40,16 @@ import numpy as np
 from absl import app, flags, logging
 from tqdm.auto import tqdm
 
-from diff2lip_jax import audio as audio_lib
-from diff2lip_jax import blend as blend_lib
-from diff2lip_jax import checkpoint as ckpt_lib
-from diff2lip_jax import face as face_lib
+from diff2lip_jax.media import audio as audio_lib
+from diff2lip_jax.inference import blend
+from diff2lip_jax.inference import checkpoints
+from diff2lip_jax.inference import crops, faces
 from diff2lip_jax import sharding
-from diff2lip_jax import tracking
-from diff2lip_jax import video as video_lib
+from diff2lip_jax.inference import tracking
+from diff2lip_jax.media import video as video_lib
+from diff2lip_jax.media import encode
 from diff2lip_jax.diffusion import make_diffusion
-from diff2lip_jax.models import RELEASED_FLAGS, model_from_flags
-from diff2lip_jax.sampling import make_sampler
+from diff2lip_jax.inference.sampler import make_sampler
 
 RANDOM_CHECKPOINT = "random"
 AUDIO_LONGER = ("pingpong", "trim")
@@ -109,13 +109,8 @@ def load_model(checkpoint: str | os.PathLike, dtype: Any = jnp.float32):
   Raises:
     CheckpointError: missing or mismatched checkpoint.
   """
-  if str(checkpoint) == RANDOM_CHECKPOINT:
-    logging.warning("RANDOM WEIGHTS: --checkpoint=random builds the released architecture "
-                    "untrained; the lower face will be noise. Convert the official Diff2Lip "
-                    "checkpoint for real lip-sync (README, 'Weights').")
-    model = model_from_flags(RELEASED_FLAGS, dtype=dtype)
-    return model, ckpt_lib.init_params(model, jax.random.key(0))
-  return ckpt_lib.load(checkpoint, dtype=dtype)
+  loaded = checkpoints.load_model(checkpoint, dtype)
+  return loaded.model, loaded.params
 
 
 def _to_unit(x: np.ndarray) -> np.ndarray:
@@ -277,7 +272,7 @@ class Plan:
 
   @property
   def no_face(self) -> list[tuple[int, int]]:
-    return face_lib.missing_ranges(self.out_found)
+    return faces.missing_ranges(self.out_found)
 
   @property
   def duration(self) -> float:
@@ -286,7 +281,7 @@ class Plan:
 
 
 def analyze(source: video_lib.FrameSource, duration: float, *,
-            detector: face_lib.FaceDetector,
+            detector: faces.FaceDetector,
             selector: tracking.FaceSelector,
             pads: Sequence[int] = (0, 0, 0, 0),
             batch_size: int = 64,
@@ -314,7 +309,7 @@ def analyze(source: video_lib.FrameSource, duration: float, *,
       for j, frame in enumerate(frames):
         if cutter.update(frame):
           cuts.append(start + j)
-      dets.extend(face_lib.detect_all_frames(detector, frames))
+      dets.extend(faces.detect_all_frames(detector, frames))
       bar.update(len(frames))
   n = source.num_frames
   times = np.asarray(source.times, np.float64)[:n]
@@ -325,14 +320,14 @@ def analyze(source: video_lib.FrameSource, duration: float, *,
     raise LipsyncError(f"no face found in any of the {n} frames; use a video with a visible, "
                        "roughly frontal face (dlib's HOG detector needs faces of ~80 px or more; "
                        "S3FD, --s3fd_path, finds smaller and turned faces)")
-  boxes = face_lib.finalize_boxes(raw, found, source.size_hw, pads, smooth_window,
+  boxes = faces.finalize_boxes(raw, found, source.size_hw, pads, smooth_window,
                                   tracking.segments_from_cuts(n, cuts))
   src, out_times, durations = output_timeline(times, fps, duration, audio_longer)
   alpha = crossfade_weights(found[src], crossfade_frames)
   return Plan(size_hw=source.size_hw, fps=fps, source_times=times, boxes=boxes, found=found,
               scene_cuts=cuts, src=src, out_times=out_times, out_durations=durations,
               alpha=alpha,
-              vfr=not video_lib.is_constant_rate(times, fps))
+              vfr=not encode.is_constant_rate(times, fps))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,7 +409,7 @@ def _generate(source: video_lib.FrameSource, plan: Plan, mel: np.ndarray, model:
     wpos = np.flatnonzero(out_found[ks])
     pending = []
     if len(wpos):
-      faces = face_lib.crop_faces(frames[wpos], plan.boxes[s[wpos]], size)
+      faces = crops.crop_faces(frames[wpos], plan.boxes[s[wpos]], size)
       mels = audio_lib.mel_windows(mel, plan.out_times[ks[wpos]])
       assert len(mels) == len(wpos), (len(mels), len(wpos))
       for b0 in range(0, len(wpos), batch):
@@ -429,7 +424,7 @@ def _generate(source: video_lib.FrameSource, plan: Plan, mel: np.ndarray, model:
     ks, s, frames, wpos, pending = job
     if len(wpos):
       generated = np.concatenate([_to_uint8(jax.device_get(out))[:m] for m, out in pending])
-      frames[wpos] = blend_lib.blend_faces(
+      frames[wpos] = blend.blend_faces(
           frames[wpos], generated, plan.boxes[s[wpos]], mode=opts.blend,
           face_hide_percentage=opts.face_hide_percentage, feather=opts.feather,
           color_match=opts.color_match, alpha=plan.alpha[ks[wpos]])
@@ -464,8 +459,8 @@ def _prepare(video, audio, *, checkpoint, model_and_params, dtype, detector, s3f
              face, pads, face_det_batch_size, audio_longer, crossfade_frames,
              scene_cut_threshold, audio_sample_rate, opts: _Settings, device=None) -> _Run:
   """Loads inputs, runs the analysis pass and sets up the generation pass."""
-  if opts.blend not in blend_lib.BLEND_MODES:
-    raise ValueError(f"blend must be one of {blend_lib.BLEND_MODES}, got {opts.blend!r}")
+  if opts.blend not in blend.BLEND_MODES:
+    raise ValueError(f"blend must be one of {blend.BLEND_MODES}, got {opts.blend!r}")
   selector = tracking.parse_face(face)
   wav = prepare_audio(audio, audio_sample_rate)
   seconds = audio_lib.check_duration(wav)
@@ -473,8 +468,8 @@ def _prepare(video, audio, *, checkpoint, model_and_params, dtype, detector, s3f
   # The checkpoint is loaded before the (long) analysis pass so that a bad one fails at once.
   model, params = model_and_params or load_model(checkpoint, dtype)
   if detector is None:
-    detector = (face_lib.make_detector("s3fd", path=s3fd_path, device=device) if s3fd_path
-                else face_lib.make_detector("dlib"))
+    detector = (faces.make_detector("s3fd", path=s3fd_path, device=device) if s3fd_path
+                else faces.make_detector("dlib"))
   plan = analyze(source, seconds, detector=detector, selector=selector, pads=pads,
                  batch_size=face_det_batch_size, scene_cut_threshold=scene_cut_threshold,
                  audio_longer=audio_longer, crossfade_frames=crossfade_frames,
@@ -484,12 +479,12 @@ def _prepare(video, audio, *, checkpoint, model_and_params, dtype, detector, s3f
                                f"{plan.fps:g} fps; pass a longer recording")
   if plan.no_face:
     logging.warning("%s: those output frames pass through unchanged",
-                    face_lib.describe_missing(plan.out_found))
+                    faces.describe_missing(plan.out_found))
   if plan.scene_cuts:
     logging.info("scene cuts at source frames %s: face tracking restarted there",
                  plan.scene_cuts)
   mel = audio_lib.melspectrogram_for_frames(wav)
-  out_audio = video_lib.fit_audio(wav, int(round(plan.duration * audio_lib.SAMPLE_RATE)))
+  out_audio = encode.fit_audio(wav, int(round(plan.duration * audio_lib.SAMPLE_RATE)))
   chunks = _generate(source, plan, mel, model, params, opts, device)
   return _Run(plan=plan, audio=out_audio, chunks=chunks, source=source)
 
@@ -510,7 +505,7 @@ def lipsync(video: str | os.PathLike | video_lib.Video,
             face_hide_percentage: float = 0.5,
             sampling_seed: int = 7,
             dtype: Any = jnp.float32,
-            detector: Optional[face_lib.FaceDetector] = None,
+            detector: Optional[faces.FaceDetector] = None,
             progress: bool = True,
             blend: str = "feather",
             feather: float = 0.1,
@@ -542,7 +537,7 @@ def lipsync(video: str | os.PathLike | video_lib.Video,
     face_hide_percentage: lower fraction of the crop that is regenerated (upstream 0.5).
     sampling_seed: seed of the initial noise shared by all frames.
     dtype: model computation dtype (jnp.float32 or jnp.bfloat16).
-    detector: a `face.FaceDetector`; default dlib HOG (S3FD if `s3fd_path` is given).
+    detector: a `faces.FaceDetector`; default dlib HOG (S3FD if `s3fd_path` is given).
     progress: tqdm progress bars.
     blend: "feather" (soft mask + colour matching, `blend.py`) or "hard" (upstream's paste).
     feather: feather ramp as a fraction of the face box's shorter side.
@@ -621,7 +616,7 @@ def lipsync_to_file(video: str | os.PathLike | video_lib.Video,
   run = _prepare(video, audio, opts=opts, **{**defaults, **kwargs})
   plan = run.plan
   try:
-    with video_lib.VideoWriter(out_path, plan.fps, run.audio, audio_lib.SAMPLE_RATE) as writer:
+    with encode.VideoWriter(out_path, plan.fps, run.audio, audio_lib.SAMPLE_RATE) as writer:
       for frames, times in run.chunks:
         writer.write(frames, times if plan.vfr else None)
   finally:
@@ -652,7 +647,7 @@ _HIDE = flags.DEFINE_float("face_hide_percentage", 0.5, "lower fraction of the f
 _SEED = flags.DEFINE_integer("sampling_seed", 7, "seed of the shared initial noise")
 _DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
                            "compute dtype; auto: bfloat16 on GPU/TPU, float32 on CPU")
-_BLEND = flags.DEFINE_enum("blend", "feather", list(blend_lib.BLEND_MODES),
+_BLEND = flags.DEFINE_enum("blend", "feather", list(blend.BLEND_MODES),
                            "feather: soft mask + colour matching; hard: upstream's rectangle")
 _FEATHER = flags.DEFINE_float("feather", 0.1, "feather ramp, fraction of the face box's side")
 _COLOR = flags.DEFINE_boolean("color_match", True, "match the generated lower face's colour "
@@ -697,16 +692,16 @@ def _options(pads: list[int]) -> dict[str, Any]:
               crossfade_frames=_CROSSFADE.value, scene_cut_threshold=_CUT.value)
 
 
-def _make_detector(device: Any = None) -> face_lib.FaceDetector:
+def _make_detector(device: Any = None) -> faces.FaceDetector:
   """The face detector the flags ask for."""
   if _S3FD.value:
-    return face_lib.make_detector("s3fd", path=_S3FD.value, device=device,
+    return faces.make_detector("s3fd", path=_S3FD.value, device=device,
                                   batch_size=min(_DET_BATCH.value, 16))
-  return face_lib.make_detector("dlib", max_side=_DET_MAX_SIDE.value or None)
+  return faces.make_detector("dlib", max_side=_DET_MAX_SIDE.value or None)
 
 
 def _run_filelist(options: dict[str, Any]) -> None:
-  from diff2lip_jax import batch as batch_lib  # pylint: disable=g-import-not-at-top
+  from diff2lip_jax.inference import batch as batch_lib  # pylint: disable=g-import-not-at-top
   devices = jax.local_devices()
   lock = threading.Lock()
   loaded: dict[Any, Any] = {}

@@ -114,3 +114,45 @@ def local_mesh() -> Mesh:
 def batch_size_multiple(mesh: Mesh) -> int:
   """The number of shards of a batch on `mesh` (data x fsdp): batch sizes must divide by it."""
   return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
+def round_up(n: int, multiple: int) -> int:
+  """Smallest multiple of `multiple` that is >= n (and >= multiple)."""
+  return max(int(multiple), -(-int(n) // int(multiple)) * int(multiple))
+
+
+def pad_batch(x: Any, n: int) -> Any:
+  """Pads axis 0 of `x` (numpy or jax) to length `n` by repeating its last row: fixed batch
+  shapes (one compilation) and device-count multiples. The caller cuts the padding off."""
+  if x.shape[0] == n:
+    return x
+  xp = np if isinstance(x, np.ndarray) else jax.numpy
+  return xp.concatenate([x, xp.repeat(x[-1:], n - x.shape[0], axis=0)])
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Puts every leaf of `tree` on all devices of `mesh`."""
+  return jax.device_put(tree, replicated(mesh))
+
+
+def shard_batch(x: Any, mesh: Mesh) -> jax.Array:
+  """Splits axis 0 of `x` over the mesh's batch axes (its length must divide by their size)."""
+  return jax.device_put(x, batch_sharding(mesh, np.ndim(x)))
+
+
+def batched_apply(fn: Any, x: np.ndarray, batch: int, mesh: Mesh) -> np.ndarray:
+  """`fn` over `x` [N, ...] in fixed-size batches sharded over `mesh`; returns [N, ...] numpy.
+
+  `batch` is rounded up to a multiple of the batch shard count; the last batch is padded.
+  """
+  batch = round_up(batch, batch_size_multiple(mesh))
+  outs = []
+  for start in range(0, len(x), batch):
+    chunk = x[start:start + batch]
+    outs.append(np.asarray(fn(shard_batch(pad_batch(chunk, batch), mesh)))[:len(chunk)])
+  return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+
+
+def host_shard(items: Sequence[Any]) -> list[Any]:
+  """This process's share of `items` (every process_count-th, starting at process_index)."""
+  return list(items[jax.process_index()::jax.process_count()])

@@ -28,11 +28,12 @@ def small_flags(upstream_dir) -> dict:
 @pytest.fixture(scope="session")
 def small_model_params(upstream_dir, small_flags):
   """(model, params): the small upstream model converted from `tfg_small.npz`, float32."""
-  from diff2lip_jax import checkpoint, convert
+  from diff2lip_jax.inference import checkpoints
+  from diff2lip_jax.models import torch_io
   from diff2lip_jax.models import model_from_flags
   model = model_from_flags(small_flags)
-  params = convert.convert_state_dict(convert.load_state_dict(upstream_dir / "tfg_small.npz"),
-                                      checkpoint.abstract_params(model))
+  params = torch_io.convert_state_dict(torch_io.load_state_dict(upstream_dir / "tfg_small.npz"),
+                                      checkpoints.abstract_params(model))
   return model, params
 
 

@@ -1,4 +1,4 @@
-"""Tests for diff2lip_jax.audio: parity with upstream's mel + frame windows, decoding, errors."""
+"""Tests for diff2lip_jax.media.audio: parity with upstream's mel + frame windows, decoding, errors."""
 
 import fractions
 import pathlib
@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from diff2lip_jax import audio
+from diff2lip_jax.media import audio
 
 
 @pytest.fixture(scope="module")

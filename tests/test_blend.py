@@ -1,4 +1,4 @@
-"""Tests for diff2lip_jax.blend: feathered paste with colour matching vs upstream's hard paste."""
+"""Tests for diff2lip_jax.inference.blend: feathered paste with colour matching vs upstream's hard paste."""
 
 import pathlib
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diff2lip_jax import blend
-from diff2lip_jax.face import crop_faces, paste_faces
+from diff2lip_jax.inference import blend
+from diff2lip_jax.inference.crops import crop_faces, paste_faces
 
 FACE_PNG = pathlib.Path(__file__).resolve().parents[1] / "examples" / "face.png"
 BOX = np.array([165, 66, 276, 187])  # dlib's box on face.png, padded by 10 px (111 x 121 px)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from diff2lip_jax import checkpoint, convert
+from diff2lip_jax.inference import checkpoints
+from diff2lip_jax.models import torch_io
 from diff2lip_jax.models import RELEASED_FLAGS, model_from_flags
 
 
@@ -20,12 +21,12 @@ def released():
   rng = np.random.default_rng(0)
   # Small distinct values so that a wrong transpose shows up as a wrong value.
   sd = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in keys.items()}
-  return sd, checkpoint.abstract_params(model_from_flags(RELEASED_FLAGS))
+  return sd, checkpoints.abstract_params(model_from_flags(RELEASED_FLAGS))
 
 
 def test_accepts_exactly_the_released_key_set(released):
   sd, target = released
-  params = convert.convert_state_dict(sd, target)
+  params = torch_io.convert_state_dict(sd, target)
   flat = traverse_util.flatten_dict(params)
   assert len(flat) == len(sd) == 632
   # Spot-check layouts: conv OIHW -> HWIO, linear OI -> IO, 1x1 conv1d -> dense.
@@ -53,13 +54,15 @@ def test_rejects_mismatched_state_dict(released, edit, match):
     sd["output_blocks.3.1.qkv.bias"] = np.zeros(7, np.float32)
   else:
     sd["label_emb.weight"] = np.zeros((3, 512), np.float32)
-  with pytest.raises(convert.ConversionError, match=match):
-    convert.convert_state_dict(sd, target)
+  with pytest.raises(torch_io.ConversionError, match=match):
+    torch_io.convert_state_dict(sd, target)
 
 
 def test_checkpoint_round_trip(small_checkpoint, small_model_params, small_flags):
   _, params = small_model_params
-  model, restored = checkpoint.load(small_checkpoint)
+  loaded = checkpoints.load_model(small_checkpoint)
+  model, restored = loaded.model, loaded.params
+  assert loaded.upstream and loaded.s3fd_path is None
   assert model == model_from_flags(small_flags)
   for (k, a), (_, b) in zip(traverse_util.flatten_dict(params).items(),
                             traverse_util.flatten_dict(restored).items()):
@@ -67,17 +70,17 @@ def test_checkpoint_round_trip(small_checkpoint, small_model_params, small_flags
 
 
 def test_load_errors(tmp_path, small_checkpoint):
-  with pytest.raises(checkpoint.CheckpointError, match="not found"):
-    checkpoint.load(tmp_path / "nope")
-  with pytest.raises(checkpoint.CheckpointError, match="not a diff2lip-jax checkpoint"):
-    checkpoint.load(tmp_path)
+  with pytest.raises(checkpoints.CheckpointError, match="is not a model"):
+    checkpoints.load_model(tmp_path / "nope")
+  with pytest.raises(checkpoints.CheckpointError, match="is not a model"):
+    checkpoints.load_model(tmp_path)
   # Flags of another architecture next to the small model's params: a mismatched checkpoint.
   bad = tmp_path / "bad"
   bad.mkdir()
   (bad / "params").symlink_to(small_checkpoint / "params")
   (bad / "model_flags.json").write_text(json.dumps({"num_channels": 64}))
-  with pytest.raises(checkpoint.CheckpointError, match="does not match"):
-    checkpoint.load(bad)
+  with pytest.raises(checkpoints.CheckpointError, match="does not match"):
+    checkpoints.load_model(bad)
 
 
 def test_cli_converts_npz_and_fails_cleanly(tmp_path):

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from diff2lip_jax import audio, face, video
+from diff2lip_jax.inference import crops as crop_lib
+from diff2lip_jax.media import audio, video
+from diff2lip_jax.media import encode
 from diff2lip_jax.data import build, clips, layout, pipeline, synthetic, windows
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -39,10 +41,10 @@ def videos(tmp_path_factory) -> pathlib.Path:
                                            seed=0)
   _truncate(paths[0], root / "id00001" / "broken00000" / "00001.mp4")
   short = synthetic.make_clip(5, seconds=0.3)
-  video.write_video(root / "id00002" / "short000000" / "00001.mp4", short.frames, 25,
+  encode.write_video(root / "id00002" / "short000000" / "00001.mp4", short.frames, 25,
                     short.audio, 16000)
   silent = np.repeat(short.frames[:1], 40, axis=0)
-  video.write_video(root / "id00002" / "noaudio0000" / "00001.mp4", silent, 25)
+  encode.write_video(root / "id00002" / "noaudio0000" / "00001.mp4", silent, 25)
   return top
 
 
@@ -77,7 +79,7 @@ def test_synthetic_mouth_follows_audio():
   rms = np.array([np.sqrt(np.mean(clip.audio[j * hop:(j + 1) * hop] ** 2)) for j in range(n)])
   assert np.corrcoef(rms, clip.mouth_opening)[0, 1] > 0.8
   # The mouth region in the fixed VoxCeleb2 crop gets darker the wider the mouth is open.
-  crops = face.crop_faces(clip.frames, np.tile(clips.fixed_crop_box(224, 224), (n, 1)))
+  crops = crop_lib.crop_faces(clip.frames, np.tile(clips.fixed_crop_box(224, 224), (n, 1)))
   darkness = -crops[:, 80:105, 45:80].astype(np.float32).mean(axis=(1, 2, 3))
   assert np.corrcoef(darkness, clip.mouth_opening)[0, 1] > 0.9
   assert clip.mouth_opening.max() > 0.5 and clip.mouth_opening.min() < 0.05
@@ -195,7 +197,7 @@ def test_prepare_builds_tfds_dataset(prepared, videos):
   box = clips.fixed_crop_box(224, 224)
   assert box.tolist() == [50, 0, 174, 158]
   np.testing.assert_array_equal(ex["boxes"][0], box)
-  want = face.crop_faces(v.frames, np.tile(box, (NUM_FRAMES, 1))).astype(np.float32)
+  want = crop_lib.crop_faces(v.frames, np.tile(box, (NUM_FRAMES, 1))).astype(np.float32)
   assert np.abs(np.stack(ex["frames"]) - want).mean() < 3.0
   np.testing.assert_allclose(ex["mel"], audio.melspectrogram(audio.load_audio(path)).T,
                              atol=1e-5)

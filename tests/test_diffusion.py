@@ -8,7 +8,7 @@ import pytest
 from diff2lip_jax.diffusion import (
     get_named_beta_schedule, make_diffusion, p_mean_variance, q_sample, sample_loop,
     space_timesteps, training_losses)
-from diff2lip_jax.sampling import lower_face_mask, make_cond_img, make_sampler
+from diff2lip_jax.inference.sampler import lower_face_mask, make_cond_img, make_sampler
 
 
 def _rel(a, b):

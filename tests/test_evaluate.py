@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import eval_debug, eval_voxceleb2
-from diff2lip_jax import video as video_lib
+from diff2lip_jax.media import video as video_lib
 from diff2lip_jax.evaluation import filelists, job
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -141,16 +141,16 @@ def test_batches_are_split_over_several_devices():
   """With 2 (forced) CPU devices a batch is sharded along axis 0 and padded to a multiple of 2."""
   code = (
       "import numpy as np, jax, jax.numpy as jnp\n"
-      "from diff2lip_jax.evaluation import parallel\n"
-      "mesh = parallel.local_mesh(); assert mesh.size == 2, mesh\n"
+      "from diff2lip_jax import sharding\n"
+      "mesh = sharding.local_mesh(); assert mesh.size == 2, mesh\n"
       "seen = []\n"
       "g = jax.jit(lambda x: jnp.sum(x, axis=1))\n"
       "def f(x):\n"
       "  seen.append((x.shape[0], len(x.sharding.device_set))); return g(x)\n"
       "x = np.arange(21, dtype=np.float32).reshape(7, 3)\n"
-      "y = parallel.batched_apply(f, x, 3, mesh)\n"
+      "y = sharding.batched_apply(f, x, 3, mesh)\n"
       "np.testing.assert_allclose(y, x.sum(1)); assert seen == [(4, 2), (4, 2)], seen\n"
-      "assert parallel.round_up(3, 2) == 4 and parallel.round_up(1, 8) == 8\n")
+      "assert sharding.round_up(3, 2) == 4 and sharding.round_up(1, 8) == 8\n")
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
          "JAX_PLATFORMS": "cpu"}
   r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,

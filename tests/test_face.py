@@ -1,4 +1,4 @@
-"""Tests for diff2lip_jax.face: dlib detection, pads, smoothing, crop and paste."""
+"""Tests for diff2lip_jax.inference (faces, crops): dlib detection, pads, smoothing, crop and paste."""
 
 import pathlib
 
@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diff2lip_jax import face
-from diff2lip_jax.face import (DlibDetector, FaceDetector, crop_faces, describe_missing,
-                               find_faces, make_detector, missing_ranges, pad_boxes,
-                               paste_faces, resize_bilinear, smooth_boxes)
+from diff2lip_jax.inference import crops as crop_lib
+from diff2lip_jax.inference import faces
+from diff2lip_jax.inference.crops import crop_faces, paste_faces, resize_bilinear
+from diff2lip_jax.inference.faces import (DlibDetector, FaceDetector, describe_missing, find_faces,
+                                          make_detector, missing_ranges, pad_boxes, smooth_boxes)
 
 FACE_PNG = pathlib.Path(__file__).resolve().parents[1] / "examples" / "face.png"
 
@@ -206,8 +207,9 @@ def test_crop_then_paste_is_close(astronaut, detector):
 
 
 def test_module_exports():
-  for name in face.__all__:
-    assert hasattr(face, name)
+  for module in (faces, crop_lib):
+    for name in module.__all__:
+      assert hasattr(module, name)
 
 
 def test_detect_all_frames_adapts_to_the_detector(astronaut, detector):
@@ -218,9 +220,9 @@ def test_detect_all_frames_adapts_to_the_detector(astronaut, detector):
       return [np.array([1, 2, 30, 40]) if i == 0 else None for i in range(len(frames))]
 
   frames = np.stack([astronaut, np.full_like(astronaut, 128)])
-  (b0, s0), (b1, s1) = face.detect_all_frames(OnlyDetect(), frames)
+  (b0, s0), (b1, s1) = faces.detect_all_frames(OnlyDetect(), frames)
   np.testing.assert_array_equal(b0, [[1, 2, 30, 40]])
   assert b1.shape == (0, 4) and s1.shape == (0,)
-  (boxes, scores), (none, _) = face.detect_all_frames(detector, frames)
+  (boxes, scores), (none, _) = faces.detect_all_frames(detector, frames)
   np.testing.assert_array_equal(boxes, detector.detect_all(astronaut)[0])
   assert len(none) == 0

@@ -12,8 +12,9 @@ import av
 import numpy as np
 import pytest
 
-from diff2lip_jax import audio as audio_lib
-from diff2lip_jax import video as video_lib
+from diff2lip_jax.media import audio as audio_lib
+from diff2lip_jax.media import video as video_lib
+from diff2lip_jax.media import encode
 from diff2lip_jax.generate import lipsync, pingpong_indices
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -59,7 +60,7 @@ def face_video(tmp_path_factory):
       f[:] = 128  # no face here
     frames.append(f)
   path = tmp_path_factory.mktemp("video") / "face30.mp4"
-  video_lib.write_video(path, np.stack(frames), 30.0)
+  encode.write_video(path, np.stack(frames), 30.0)
   return path
 
 
@@ -93,7 +94,7 @@ def test_cli_on_still_face_and_real_speech(tmp_path, speech, small_checkpoint):
   outside[y1 - 4:y2 + 4, x1 - 4:x2 + 4] = False  # the box, with a margin for chroma blocks
   diff = np.abs(result.frames.astype(np.int16) - src).mean(-1)
   # Codec loss only: compare with the same writer encoding the untouched input.
-  video_lib.write_video(tmp_path / "input.mp4", np.repeat(src[None].astype(np.uint8), 5, 0), 25)
+  encode.write_video(tmp_path / "input.mp4", np.repeat(src[None].astype(np.uint8), 5, 0), 25)
   baseline = np.abs(video_lib.read_video(tmp_path / "input.mp4").frames.astype(np.int16) - src)
   baseline = baseline.mean(-1)[:, outside].mean()
   assert diff[:, outside].mean() < 1.5 * baseline + 0.5, (diff[:, outside].mean(), baseline)
@@ -101,9 +102,10 @@ def test_cli_on_still_face_and_real_speech(tmp_path, speech, small_checkpoint):
 
 
 def test_api_any_fps_missing_faces_and_pixels_outside_box(face_video, speech, small_checkpoint):
-  from diff2lip_jax import checkpoint
+  from diff2lip_jax.inference import checkpoints
   video = video_lib.read_video(face_video)
-  model_and_params = checkpoint.load(small_checkpoint)
+  loaded = checkpoints.load_model(small_checkpoint)
+  model_and_params = loaded.model, loaded.params
   res = lipsync(video, speech, model_and_params=model_and_params,
                 timestep_respacing="ddim2", progress=False)
   n_audio = audio_lib.num_frames_for_audio(len(audio_lib.load_audio(speech)), 30.0)
@@ -180,8 +182,9 @@ def _two_face_frames(n: int = 6) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def small_model(small_checkpoint):
-  from diff2lip_jax import checkpoint
-  return checkpoint.load(small_checkpoint)
+  from diff2lip_jax.inference import checkpoints
+  loaded = checkpoints.load_model(small_checkpoint)
+  return loaded.model, loaded.params
 
 
 @pytest.mark.parametrize("face,chosen", [("0", "left"), (1, "right"), ("470,180", "right"),
@@ -205,7 +208,7 @@ def _vfr_face_video(path) -> np.ndarray:
   src = np.array(video_lib.read_video(FACE).frames[0])
   frames = np.stack([np.roll(src, 2 * i, axis=1)[16:336, 80:400] for i in range(12)])
   times = np.cumsum([0, 0.04, 0.02, 0.05, 0.033, 0.04, 0.06, 0.04, 0.025, 0.03, 0.05, 0.04])
-  video_lib.write_video(path, frames, 25, times=times)
+  encode.write_video(path, frames, 25, times=times)
   return times
 
 

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diff2lip_jax import convert
-from diff2lip_jax import face as face_lib
+from diff2lip_jax.models import torch_io
+from diff2lip_jax.inference import crops
 from diff2lip_jax.models import inception
 from tests.test_syncnet import seeded
 
@@ -37,7 +37,7 @@ def test_resize_is_torch_bilinear_without_antialias():
   checked against the cv2-grid NumPy resize of `face.py` on a random image."""
   x = np.random.default_rng(0).uniform(size=(1, 5, 7, 3)).astype(np.float32)
   got = inception.resize_for_inception(jnp.asarray(x), size=13)
-  want = face_lib.resize_bilinear(x[0], (13, 13))
+  want = crops.resize_bilinear(x[0], (13, 13))
   np.testing.assert_allclose(got[0], want, atol=1e-6)
 
 
@@ -56,7 +56,7 @@ def test_converter_names_ignore_fc_and_reject_missing(fid_weights):
       "Conv2d_1a_3x3.bn.running_var"
   sd = dict(sd)
   del sd["Mixed_7b.branch3x3_2b.bn.running_mean"]
-  with pytest.raises(convert.ConversionError,
+  with pytest.raises(torch_io.ConversionError,
                      match="1 missing: Mixed_7b.branch3x3_2b.bn.running_mean"):
     inception.fid_inception_variables(sd)
 

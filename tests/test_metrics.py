@@ -8,9 +8,10 @@ import scipy.linalg
 import skimage.metrics
 
 import python_speech_features
-from diff2lip_jax import face as face_lib
-from diff2lip_jax import video as video_lib
-from diff2lip_jax.evaluation import lse, metrics, parallel
+from diff2lip_jax.inference import crops
+from diff2lip_jax.media import video as video_lib
+from diff2lip_jax import sharding
+from diff2lip_jax.evaluation import lse, metrics
 from diff2lip_jax.evaluation.landmarks import LandmarkDetector
 
 RNG = np.random.default_rng(0)
@@ -139,7 +140,7 @@ def test_landmark_distance_known_shift_and_missing_frames():
 @pytest.fixture(scope="module")
 def face_crop():
   frame = video_lib.read_video(FACE).frames
-  return face_lib.crop_faces(frame, np.array([FACE_BOX]), 128)
+  return crops.crop_faces(frame, np.array([FACE_BOX]), 128)
 
 
 def test_dlib_mouth_landmarks_on_a_real_face(face_crop):
@@ -213,7 +214,7 @@ def test_lse_windows_align_video_frames_with_mfcc_steps(monkeypatch):
   n_frames, n_samples = 16, 16 * 640
   monkeypatch.setattr(lse, "mfcc", lambda wav: np.tile(np.arange(70, dtype=np.float32), (13, 1)))
   scorer = object.__new__(lse.SyncScorer)
-  scorer.mesh, scorer.batch_size, scorer.vshift = parallel.local_mesh(), 4, 3
+  scorer.mesh, scorer.batch_size, scorer.vshift = sharding.local_mesh(), 4, 3
   scorer.variables = None
   mean = lambda x: np.asarray(x).reshape(len(x), -1).mean(1, keepdims=True)
   scorer._lips = lambda v, x: mean(x)                        # frames i..i+4: i + 2

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from diff2lip_jax import checkpoint
+from diff2lip_jax.inference import checkpoints
 from diff2lip_jax.models import RELEASED_FLAGS, model_from_flags
 from diff2lip_jax.models.layers import timestep_embedding
 
@@ -82,7 +82,7 @@ def test_bfloat16_compute_close_to_float32(small_model_params, small_io, small_f
 def test_released_architecture_has_upstream_parameter_count(upstream_dir):
   import json
   released = json.loads((upstream_dir / "tfg_released_keys.json").read_text())
-  shapes = checkpoint.abstract_params(model_from_flags(RELEASED_FLAGS))
+  shapes = checkpoints.abstract_params(model_from_flags(RELEASED_FLAGS))
   leaves = traverse_util.flatten_dict(shapes)
   assert len(leaves) == len(released["state_dict"]) == 632
   assert sum(int(np.prod(v.shape)) for v in leaves.values()) == released["n_params"] == 101_670_630

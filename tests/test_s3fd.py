@@ -9,7 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from diff2lip_jax import convert, face, s3fd
+from diff2lip_jax.models import torch_io
+from diff2lip_jax.inference import faces
+from diff2lip_jax.inference import s3fd as s3fd_detector
+from diff2lip_jax.models import s3fd
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -67,7 +70,7 @@ def _reference_detect(outs, image_hw):
       x1, y1 = cx - w / 2, cy - h / 2
       cands.append([x1, y1, x1 + w, y1 + h, prob[hi, wi]])
   dets = np.array(cands, np.float32).reshape(-1, 5)
-  keep = s3fd.nms(dets[:, :4], dets[:, 4], 0.3)
+  keep = s3fd_detector.nms(dets[:, :4], dets[:, 4], 0.3)
   dets = [d for d in dets[keep] if d[-1] > 0.5]
   boxes = [[int(v) for v in np.clip(d, 0, None)[:-1]] for d in dets]
   h, w = image_hw
@@ -81,8 +84,8 @@ def test_decoding_and_nms_match_upstream_procedure(io):
   # Sharpen upstream's class maps so that many anchors score > 0.5 and NMS has work to do.
   outs = [io[f"out{i}"] * (12.0 if i % 2 == 0 else 1.0) for i in range(12)]
   hw = io["image"].shape[1:3]
-  scores, boxes = jax.device_get(s3fd.decode_outputs([np.asarray(o) for o in outs]))
-  got, got_scores = s3fd.decode_detections(scores[0], boxes[0], hw)
+  scores, boxes = jax.device_get(s3fd_detector.decode_outputs([np.asarray(o) for o in outs]))
+  got, got_scores = s3fd_detector.decode_detections(scores[0], boxes[0], hw)
   want = _reference_detect(outs, hw)
   assert len(want) >= 3
   np.testing.assert_array_equal(got, np.array(want, np.int64).reshape(-1, 4))
@@ -93,8 +96,8 @@ def test_nms_hand_example():
   boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 9, 10]], np.float32)
   scores = np.array([0.9, 0.8, 0.7, 0.95], np.float32)
   # Box 3 (0.95) suppresses 0 (IoU 0.91) and 1 (IoU ~0.63 with +1 areas); 2 is apart.
-  np.testing.assert_array_equal(s3fd.nms(boxes, scores, 0.3), [3, 2])
-  assert s3fd.nms(np.zeros((0, 4)), np.zeros(0)).size == 0
+  np.testing.assert_array_equal(s3fd_detector.nms(boxes, scores, 0.3), [3, 2])
+  assert s3fd_detector.nms(np.zeros((0, 4)), np.zeros(0)).size == 0
 
 
 def test_converter_names_and_errors(seeded, params, tmp_path):
@@ -106,7 +109,7 @@ def test_converter_names_and_errors(seeded, params, tmp_path):
   broken = dict(seeded)
   del broken["fc7.weight"]
   broken["extra.weight"] = np.zeros(3, np.float32)
-  with pytest.raises(convert.ConversionError, match="missing: fc7.weight.*unexpected: extra"):
+  with pytest.raises(torch_io.ConversionError, match="missing: fc7.weight.*unexpected: extra"):
     s3fd.convert_s3fd_state_dict(broken)
   # An .npz of the upstream state_dict, and the converted .npz, load to the same params.
   np.savez(tmp_path / "upstream.npz", **seeded)
@@ -116,16 +119,19 @@ def test_converter_names_and_errors(seeded, params, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, got, params)
 
 
-def test_converter_cli(seeded, tmp_path):
+def test_converter_cli_adds_s3fd_to_a_checkpoint(seeded, params, small_checkpoint, tmp_path):
+  import shutil
+  ckpt = tmp_path / "ckpt"
+  shutil.copytree(small_checkpoint, ckpt)
   np.savez(tmp_path / "s3fd_state.npz", **seeded)
-  out = tmp_path / "s3fd.npz"
-  r = subprocess.run([sys.executable, "-m", "diff2lip_jax.s3fd",
-                      f"--upstream_s3fd={tmp_path / 's3fd_state.npz'}", f"--output_path={out}"],
+  r = subprocess.run([sys.executable, "-m", "diff2lip_jax.convert", f"--output_dir={ckpt}",
+                      f"--s3fd_checkpoint={tmp_path / 's3fd_state.npz'}"],
                      capture_output=True, text=True, cwd=REPO, check=False)
   assert r.returncode == 0, r.stderr[-2000:]
-  assert "S3FD" in r.stdout and out.is_file()
-  r = subprocess.run([sys.executable, "-m", "diff2lip_jax.s3fd",
-                      f"--upstream_s3fd={tmp_path / 'nope.pth'}", f"--output_path={out}"],
+  assert "S3FD" in r.stdout
+  jax.tree.map(np.testing.assert_array_equal, s3fd.load_s3fd_params(ckpt / "s3fd.npz"), params)
+  r = subprocess.run([sys.executable, "-m", "diff2lip_jax.convert", f"--output_dir={ckpt}",
+                      f"--s3fd_checkpoint={tmp_path / 'nope.pth'}"],
                      capture_output=True, text=True, cwd=REPO, check=False)
   assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("error:")
 
@@ -134,15 +140,15 @@ def test_preprocess_is_upstream_bgr_minus_mean():
   rng = np.random.default_rng(0)
   frames = rng.integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
   want = frames[..., ::-1].astype(np.float32) - np.array([104, 117, 123], np.float32)
-  np.testing.assert_array_equal(np.asarray(s3fd.preprocess(frames)), want)
-  np.testing.assert_array_equal(np.asarray(s3fd.preprocess(frames, bgr=False)),
+  np.testing.assert_array_equal(np.asarray(s3fd_detector.preprocess(frames)), want)
+  np.testing.assert_array_equal(np.asarray(s3fd_detector.preprocess(frames, bgr=False)),
                                 frames.astype(np.float32) - np.array([104, 117, 123]))
 
 
 def test_detector_batches_and_pads(params):
   rng = np.random.default_rng(0)
   frames = rng.integers(0, 256, (3, 64, 96, 3), dtype=np.uint8)
-  det = s3fd.S3FDDetector(params, batch_size=2)
+  det = s3fd_detector.S3FDDetector(params, batch_size=2)
   # Batched with padding (3 frames, batches of 2) = one frame at a time.
   all_dets = det.detect_all_batch(frames)
   assert len(all_dets) == 3
@@ -151,12 +157,12 @@ def test_detector_batches_and_pads(params):
     np.testing.assert_array_equal(boxes, b1)
     assert boxes.dtype == np.int64 and boxes.shape[1:] == (4,) and len(scores) == len(boxes)
   assert len(det.detect(frames)) == 3
-  assert len(face.detect_all_frames(det, frames)) == 3
+  assert len(faces.detect_all_frames(det, frames)) == 3
 
 
 def test_make_detector_s3fd(params, tmp_path):
   with pytest.raises(ValueError, match="S3FD detector needs its weights"):
-    face.make_detector("s3fd")
+    faces.make_detector("s3fd")
   path = s3fd.save_s3fd_params(tmp_path / "w.npz", params)
-  det = face.make_detector("s3fd", path=path, batch_size=4)
-  assert isinstance(det, s3fd.S3FDDetector) and isinstance(det, face.FaceDetector)
+  det = faces.make_detector("s3fd", path=path, batch_size=4)
+  assert isinstance(det, s3fd_detector.S3FDDetector) and isinstance(det, faces.FaceDetector)

@@ -10,7 +10,7 @@ import numpy as np
 
 from diff2lip_jax.diffusion import make_diffusion
 from diff2lip_jax.models import model_from_flags
-from diff2lip_jax.sampling import make_sampler
+from diff2lip_jax.inference.sampler import make_sampler
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -48,15 +48,17 @@ def test_bfloat16_sampling_close_to_float32(small_model_params, small_io, small_
 _SHARDED_SCRIPT = r"""
 import json, sys
 import jax, numpy as np
-from diff2lip_jax import checkpoint, convert, sharding
+from diff2lip_jax import sharding
+from diff2lip_jax.inference import checkpoints
+from diff2lip_jax.models import torch_io
 from diff2lip_jax.diffusion import make_diffusion
 from diff2lip_jax.models import model_from_flags
-from diff2lip_jax.sampling import make_sampler
+from diff2lip_jax.inference.sampler import make_sampler
 up = sys.argv[1]
 assert jax.local_device_count() == 4, jax.local_devices()
 model = model_from_flags(json.load(open(up + "/tfg_small_config.json"))["model"])
-params = convert.convert_state_dict(convert.load_state_dict(up + "/tfg_small.npz"),
-                                    checkpoint.abstract_params(model))
+params = torch_io.convert_state_dict(torch_io.load_state_dict(up + "/tfg_small.npz"),
+                                    checkpoints.abstract_params(model))
 d = make_diffusion(timestep_respacing="ddim2")
 rng = np.random.default_rng(0)
 faces = rng.uniform(-1, 1, (3, 128, 128, 3)).astype(np.float32)  # 3 frames: padded to 4

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diff2lip_jax import video as video_lib
+from diff2lip_jax.media import video as video_lib
+from diff2lip_jax.media import encode
 from diff2lip_jax.generate import lipsync
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -28,12 +29,12 @@ RSS_FPS = 3  # frames per second of the RSS test videos (2 min = 360 frames of 6
 def tiny_checkpoint(tmp_path_factory):
   """A checkpoint of the tiny model with random N(0, 0.05) weights (no compilation needed)."""
   import jax
-  from diff2lip_jax import checkpoint
+  from diff2lip_jax.inference import checkpoints
   from diff2lip_jax.models import model_from_flags
   rng = np.random.default_rng(1)
   params = jax.tree.map(lambda s: rng.normal(0, 0.05, s.shape).astype(np.float32),
-                        checkpoint.abstract_params(model_from_flags(TINY_FLAGS)))
-  return checkpoint.save(tmp_path_factory.mktemp("tiny") / "ckpt", params, TINY_FLAGS)
+                        checkpoints.abstract_params(model_from_flags(TINY_FLAGS)))
+  return checkpoints.save(tmp_path_factory.mktemp("tiny") / "ckpt", params, TINY_FLAGS)
 
 
 _YY, _XX = np.mgrid[0:360, 0:640]
@@ -52,7 +53,7 @@ def _scene(i: int, face: np.ndarray) -> np.ndarray:
 def _make_video(path: pathlib.Path, seconds: float, fps: int) -> None:
   face = np.asarray(Image.open(FACE).convert("RGB").crop((130, 40, 310, 220)).resize((160, 160)))
   n = int(seconds * fps)
-  with video_lib.VideoWriter(path, fps, preset="ultrafast") as w:
+  with encode.VideoWriter(path, fps, preset="ultrafast") as w:
     for start in range(0, n, 32):
       w.write(np.stack([_scene(i, face) for i in range(start, min(n, start + 32))]))
 
@@ -123,8 +124,9 @@ def test_peak_rss_does_not_grow_with_video_length(tmp_path, tiny_checkpoint):
 
 def test_output_does_not_depend_on_chunking(tmp_path, tiny_checkpoint):
   """Chunks of 4 and of 16 frames (different model batches too) give the same frames."""
-  from diff2lip_jax import checkpoint
-  model_and_params = checkpoint.load(tiny_checkpoint)
+  from diff2lip_jax.inference import checkpoints
+  loaded = checkpoints.load_model(tiny_checkpoint)
+  model_and_params = loaded.model, loaded.params
   face = np.asarray(Image.open(FACE).convert("RGB").crop((130, 40, 310, 220)).resize((160, 160)))
   frames = np.stack([_scene(i, face)[60:300, 160:480] for i in range(10)])
   video = video_lib.Video(frames=frames, fps=25.0, times=np.arange(10) / 25)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diff2lip_jax import convert
+from diff2lip_jax.models import torch_io
 from diff2lip_jax.models import syncnet
 
 
@@ -97,7 +97,7 @@ def test_converter_rejects_mismatch(wav2lip, edit, match):
     sd["audio_encoder.13.conv_block.0.weight"] = np.zeros((512, 512, 3, 3), np.float32)
   else:
     sd["fc.weight"] = np.zeros((2, 2), np.float32)
-  with pytest.raises(convert.ConversionError, match=match):
+  with pytest.raises(torch_io.ConversionError, match=match):
     syncnet.wav2lip_syncnet_variables(sd)
 
 
@@ -108,7 +108,7 @@ def test_load_by_path_npz_and_dataparallel_prefix(tmp_path, wav2lip):
   model, variables = syncnet.load_wav2lip_syncnet(path)
   np.testing.assert_array_equal(variables["params"]["face_encoder_0"]["conv_block_0"]["bias"],
                                 sd["face_encoder.0.conv_block.0.bias"])
-  with pytest.raises(convert.ConversionError, match="not found"):
+  with pytest.raises(torch_io.ConversionError, match="not found"):
     syncnet.load_syncnet_v2(tmp_path / "missing.model")
 
 
@@ -117,7 +117,7 @@ def test_torch_file_without_torch_says_so(tmp_path):
     pytest.skip("torch is installed")
   path = tmp_path / "syncnet_v2.model"
   path.write_bytes(b"\x80\x02}q\x00.")
-  with pytest.raises(convert.ConversionError, match="pip install torch"):
+  with pytest.raises(torch_io.ConversionError, match="pip install torch"):
     syncnet.load_syncnet_v2(path)
 
 

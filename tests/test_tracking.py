@@ -1,10 +1,10 @@
-"""Tests for diff2lip_jax.tracking (face choice, IoU tracking, scene cuts) and face.finalize_boxes."""
+"""Tests for diff2lip_jax.inference.tracking (face choice, IoU tracking, scene cuts) and faces.finalize_boxes."""
 
 import numpy as np
 import pytest
 
-from diff2lip_jax import face, tracking
-from diff2lip_jax.tracking import FaceSelector, parse_face, track_faces
+from diff2lip_jax.inference import faces, tracking
+from diff2lip_jax.inference.tracking import FaceSelector, parse_face, track_faces
 
 LEFT = np.array([10, 20, 60, 80])    # 50 x 60
 RIGHT = np.array([200, 30, 270, 110])  # 70 x 80 (larger)
@@ -82,14 +82,14 @@ def test_scene_cut_detector():
 def test_finalize_boxes_per_scene():
   raw = np.array([LEFT] * 4 + [RIGHT] * 4)
   found = np.array([True, False, True, True, True, True, True, True])
-  out = face.finalize_boxes(raw, found, (240, 320), pads=(0, 10, 0, 0),
+  out = faces.finalize_boxes(raw, found, (240, 320), pads=(0, 10, 0, 0),
                             segments=[(0, 4), (4, 8)])
   # Each scene is padded and smoothed on its own: no mixing of the two faces' boxes.
   np.testing.assert_array_equal(out[:4], np.tile(LEFT + [0, 0, 0, 10], (4, 1)))
   np.testing.assert_array_equal(out[4:], np.tile(RIGHT + [0, 0, 0, 10], (4, 1)))
-  mixed = face.finalize_boxes(raw, found, (240, 320))
+  mixed = faces.finalize_boxes(raw, found, (240, 320))
   assert not np.array_equal(mixed[:4], out[:4])
   # A scene without any face gets full-frame boxes.
-  out = face.finalize_boxes(raw, np.array([False] * 4 + [True] * 4), (240, 320),
+  out = faces.finalize_boxes(raw, np.array([False] * 4 + [True] * 4), (240, 320),
                             segments=[(0, 4), (4, 8)])
   np.testing.assert_array_equal(out[:4], np.tile([0, 0, 320, 240], (4, 1)))

@@ -1,4 +1,4 @@
-"""Tests for diff2lip_jax.video: PyAV read/write round trips, stills, atomic writes, errors."""
+"""Tests for diff2lip_jax.media (video, encode): PyAV read/write round trips, stills, atomic writes, errors."""
 
 import fractions
 import pathlib
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diff2lip_jax import video
-from diff2lip_jax.video import Video, VideoError, read_video, write_video
+from diff2lip_jax.media import encode, video
+from diff2lip_jax.media.encode import write_video
+from diff2lip_jax.media.video import Video, VideoError, read_video
 
 SR = 16000
 
@@ -226,18 +227,18 @@ def test_variable_frame_rate_round_trip(tmp_path):
   v = read_video(out)
   assert v.num_frames == len(VFR_TIMES)
   np.testing.assert_allclose(v.times, VFR_TIMES, atol=1e-4)
-  assert not video.is_constant_rate(v.times, v.fps)
+  assert not encode.is_constant_rate(v.times, v.fps)
   info = _streams(out)
   assert info["audio"]["duration"] == pytest.approx(VFR_TIMES[-1] + 1 / 25, abs=0.03)
   with pytest.raises(VideoError, match="increase"):
     write_video(tmp_path / "bad.mp4", frames[:3], 25, times=[0.0, 0.1, 0.1])
-  assert video.is_constant_rate(np.arange(5) / 30, 30.0)
+  assert encode.is_constant_rate(np.arange(5) / 30, 30.0)
 
 
 def test_streaming_writer_matches_write_video(tmp_path):
   frames = _frames(23, 32, 48)
   audio = _tone(23 / 25)
-  with video.VideoWriter(tmp_path / "s.mp4", 25, audio) as w:
+  with encode.VideoWriter(tmp_path / "s.mp4", 25, audio) as w:
     for start in range(0, 23, 5):
       w.write(frames[start:start + 5])
     assert not (tmp_path / "s.mp4").exists()  # only appears when complete
@@ -251,7 +252,7 @@ def test_streaming_writer_matches_write_video(tmp_path):
 def test_streaming_writer_aborts_on_error(tmp_path):
   out = tmp_path / "x.mp4"
   with pytest.raises(RuntimeError, match="boom"):
-    with video.VideoWriter(out, 25) as w:
+    with encode.VideoWriter(out, 25) as w:
       w.write(_frames(3, 16, 16))
       raise RuntimeError("boom")
   assert list(tmp_path.iterdir()) == []

@@ -6,11 +6,11 @@
    (nearest frame in time, as ffmpeg's `fps` filter that upstream runs before extracting JPEGs);
 2. decode the audio track with `audio.load_audio` (16 kHz mono) and compute the mel
    spectrogram with `audio.melspectrogram` (stored time-major, [T, 80]);
-3. crop the face in every frame and resize it to 128x128 (`face.crop_faces`, cv2-style
+3. crop the face in every frame and resize it to 128x128 (`crop_lib.crop_faces`, cv2-style
    bilinear):
    * `crop="fixed"`: upstream's VoxCeleb2 crop `my_voxceleb2_crop` of the aligned video, rows
      [0, H - int(2.36/8 H)), columns [int(1.8/8 W), W - int(1.8/8 W)) (158x124 of 224x224);
-   * `crop="detect"`: dlib boxes, padded, gap-filled and smoothed over 5 frames (`face.find_faces`,
+   * `crop="detect"`: dlib boxes, padded, gap-filled and smoothed over 5 frames (`faces.find_faces`,
      upstream's generic branch);
 4. encode every crop as JPEG (quality 95 by default, what `cv2.imwrite` uses for the JPEG
    frames of Wav2Lip's `preprocess.py`), and write everything to one .npz, atomically (temporary
@@ -31,7 +31,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from diff2lip_jax import audio, face, video
+from diff2lip_jax.inference import crops as crop_lib
+from diff2lip_jax.inference import faces
+from diff2lip_jax.media import audio, video
 from diff2lip_jax.data import layout as layout_lib
 from diff2lip_jax.data import windows
 
@@ -120,14 +122,14 @@ def resample_indices(times: np.ndarray, src_fps: float, fps: float) -> np.ndarra
   return np.where(pick_left, left, right).astype(np.int64)
 
 
-_DETECTORS: dict[tuple[int, int | None], face.FaceDetector] = {}
+_DETECTORS: dict[tuple[int, int | None], faces.FaceDetector] = {}
 
 
-def _detector(options: ProcessOptions) -> face.FaceDetector:
+def _detector(options: ProcessOptions) -> faces.FaceDetector:
   """One dlib detector per process and setting (building it loads dlib's model)."""
   key = (options.detect_upsample, options.detect_max_side)
   if key not in _DETECTORS:
-    _DETECTORS[key] = face.make_detector("dlib", upsample=options.detect_upsample,
+    _DETECTORS[key] = faces.make_detector("dlib", upsample=options.detect_upsample,
                                          max_side=options.detect_max_side)
   return _DETECTORS[key]
 
@@ -185,12 +187,12 @@ def process_clip(task: layout_lib.ClipTask, options: ProcessOptions) -> dict[str
     boxes = np.tile(fixed_crop_box(h, w), (n, 1))
     found = np.ones((n,), bool)
   else:
-    boxes, found = face.find_faces(frames, _detector(options), pads=options.pads,
+    boxes, found = faces.find_faces(frames, _detector(options), pads=options.pads,
                                    progress=False)
     missing = 1.0 - found.mean()
     if not found.any() or missing > options.max_missing_fraction:
-      raise ClipSkipped("no face", face.describe_missing(found) or "no face found")
-  crops = face.crop_faces(frames, boxes, FACE_SIZE)
+      raise ClipSkipped("no face", faces.describe_missing(found) or "no face found")
+  crops = crop_lib.crop_faces(frames, boxes, FACE_SIZE)
   encoded = [encode_jpeg(c, options.jpeg_quality) for c in crops]
   offsets = np.concatenate([[0], np.cumsum([len(b) for b in encoded])]).astype(np.int64)
   return dict(

@@ -63,7 +63,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from diff2lip_jax import audio
+from diff2lip_jax.media import audio
 from diff2lip_jax.data import clips
 from diff2lip_jax.data import windows
 

@@ -39,7 +39,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from diff2lip_jax import audio
+from diff2lip_jax.media import audio
 from diff2lip_jax.data import pipeline
 from diff2lip_jax.data import windows
 

@@ -32,7 +32,9 @@ import string
 import numpy as np
 from PIL import Image
 
-from diff2lip_jax import audio, face, video
+from diff2lip_jax.inference import crops
+from diff2lip_jax.media import audio
+from diff2lip_jax.media import encode
 
 SAMPLE_RATE = audio.SAMPLE_RATE
 FACE_IMAGE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "face.png"
@@ -130,7 +132,7 @@ def make_clip(seed: int, seconds: float = 2.0, fps: float = 25.0, size: int = 22
   side = int(round(side * rng.uniform(0.97, 1.03)))
   x0 += int(rng.integers(-4, 5)) - (side - _WINDOW[2]) // 2
   y0 += int(rng.integers(-4, 5)) - (side - _WINDOW[2]) // 2
-  base = face.resize_bilinear(portrait[y0:y0 + side, x0:x0 + side], (size, size))
+  base = crops.resize_bilinear(portrait[y0:y0 + side, x0:x0 + side], (size, size))
   base = np.clip(base * np.asarray(color_gain, np.float32), 0, 255).astype(np.uint8)
   scale = size / side
   cx, cy = (_MOUTH_CENTER[0] - x0) * scale, (_MOUTH_CENTER[1] - y0) * scale
@@ -152,7 +154,7 @@ def make_synthetic_dataset(out_dir: str | os.PathLike, num_ids: int = 3, clips_p
                            face_image: str | os.PathLike | None = None) -> list[pathlib.Path]:
   """Writes `num_ids` x `clips_per_id` synthetic clips as `<out_dir>/idNNNNN/<11 chars>/00001.mp4`.
 
-  Each mp4 is H.264 (yuv420p) + mono AAC at 16 kHz, written with `video.write_video`.
+  Each mp4 is H.264 (yuv420p) + mono AAC at 16 kHz, written with `encode.write_video`.
 
   Args:
     out_dir: root of the VoxCeleb2-style tree (created).
@@ -178,7 +180,7 @@ def make_synthetic_dataset(out_dir: str | os.PathLike, num_ids: int = 3, clips_p
       yt_id = "".join(rng.choice(alphabet, 11))
       clip = make_clip(int(rng.integers(2**31)), seconds, fps, size, gain, portrait)
       path = out / f"id{i + 1:05d}" / yt_id / "00001.mp4"
-      video.write_video(path, clip.frames, fps, clip.audio, SAMPLE_RATE, preset="fast")
+      encode.write_video(path, clip.frames, fps, clip.audio, SAMPLE_RATE, preset="fast")
       paths.append(path)
   return sorted(paths)
 

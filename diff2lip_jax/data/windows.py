@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diff2lip_jax import audio
+from diff2lip_jax.media import audio
 
 NFRAMES = 5  # Frames per training example (upstream `nframes`, Wav2Lip `syncnet_T`).
 _INDEX_EPS = 1e-6  # Guards int() against float error, as in audio.window_start_indices.

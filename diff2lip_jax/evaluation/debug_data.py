@@ -12,7 +12,8 @@ import pathlib
 
 import numpy as np
 
-from diff2lip_jax import video as video_lib
+from diff2lip_jax.media import video as video_lib
+from diff2lip_jax.media import encode
 from diff2lip_jax.evaluation.filelists import Pair, write_filelist
 
 EXAMPLE_FACE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "face.png"
@@ -60,7 +61,7 @@ def make_debug_dataset(root: str | pathlib.Path, num_clips: int = 2, num_frames:
       x0, y0 = cx - size // 2 + dx, cy - size // 2 + dy
       frames.append(src[y0:y0 + size, x0:x0 + size])
     wav = synthetic_speech(num_frames / fps, c)
-    video_lib.write_video(path, np.stack(frames), fps, wav)
+    encode.write_video(path, np.stack(frames), fps, wav)
   recon = [Pair(r, r) for r in rels]
   cross = [Pair(rels[i], rels[(i + 1) % num_clips]) for i in range(num_clips)]
   return {"reconstruction": write_filelist(root / "reconstruction.txt", recon),

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from diff2lip_jax.evaluation import parallel
+from diff2lip_jax import sharding
 from diff2lip_jax.models import inception, syncnet
 
 RANDOM = "random"
@@ -37,8 +37,8 @@ class InceptionFeatures:
   def __init__(self, weights: str | os.PathLike = RANDOM, batch_size: int = 50,
                mesh: Optional[jax.sharding.Mesh] = None):
     self.model, variables = load_inception(weights)
-    self.mesh = mesh or parallel.local_mesh()
-    self.variables = parallel.replicate(variables, self.mesh)
+    self.mesh = mesh or sharding.local_mesh()
+    self.variables = sharding.replicate(variables, self.mesh)
     self.batch_size = batch_size
     self._fn = jax.jit(lambda v, x: self.model.apply(v, x.astype(jnp.float32) / 255.0))
 
@@ -48,5 +48,5 @@ class InceptionFeatures:
       raise ValueError(f"frames must be [N, H, W, 3] uint8 RGB, got {frames.shape} {frames.dtype}")
     if len(frames) == 0:
       return np.zeros((0, inception.FID_DIM), np.float32)
-    return parallel.batched_apply(lambda x: self._fn(self.variables, x), frames,
+    return sharding.batched_apply(lambda x: self._fn(self.variables, x), frames,
                                   self.batch_size, self.mesh).astype(np.float32)

@@ -55,26 +55,22 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from diff2lip_jax import audio as audio_lib
-from diff2lip_jax import checkpoint as ckpt_lib
-from diff2lip_jax import convert
-from diff2lip_jax import face as face_lib
+from diff2lip_jax.media import audio as audio_lib
+from diff2lip_jax.inference import checkpoints
+from diff2lip_jax.inference import crops, faces
 from diff2lip_jax import generate
-from diff2lip_jax import video as video_lib
+from diff2lip_jax.media import video as video_lib
+from diff2lip_jax.media import encode
 from diff2lip_jax.diffusion import make_diffusion
-from diff2lip_jax.evaluation import debug_data, filelists, landmarks, metrics, parallel
+from diff2lip_jax import sharding
+from diff2lip_jax.evaluation import debug_data, filelists, landmarks, metrics
 from diff2lip_jax.evaluation.fid import InceptionFeatures
 from diff2lip_jax.evaluation.lse import SyncScorer
-from diff2lip_jax.models import config as model_config
 from diff2lip_jax.models.inception import FID_DIM
-from diff2lip_jax.sampling import make_sampler
+from diff2lip_jax.inference.sampler import make_sampler
 
 SUMMARY_KEYS = ("fid", "ssim", "psnr", "lmd", "lse_c", "lse_d")
 EXTRA_KEYS = ("ssim_mouth", "psnr_mouth")
-# The small upstream architecture of ../shared/upstream/tfg_small_config.json.
-SMALL_FLAGS = {"num_channels": 32, "num_res_blocks": 1, "num_head_channels": 32,
-               "use_fp16": False}
-RANDOM_SMALL = "random:small"
 
 
 class EvaluationError(ValueError):
@@ -199,8 +195,8 @@ class FaceBoxes:
     if self.crop == "voxceleb2":
       return np.tile(voxceleb2_box(h, w), (n, 1)), np.ones(n, bool)
     if not hasattr(self._local, "detector"):
-      self._local.detector = face_lib.make_detector("dlib", upsample=self.upsample)
-    return face_lib.find_faces(frames, self._local.detector, pads=self.pads,
+      self._local.detector = faces.make_detector("dlib", upsample=self.upsample)
+    return faces.find_faces(frames, self._local.detector, pads=self.pads,
                                batch_size=self.batch_size, progress=False)
 
 
@@ -218,21 +214,8 @@ def load_generator(cfg: ml_collections.ConfigDict, dtype: Any) -> tuple[Any, Any
     raise EvaluationError("set --config.checkpoint (a checkpoint directory from "
                           "diff2lip_jax.convert, an upstream .pt/.npz, or 'random'), or score "
                           "existing videos with --config.generated_dir")
-  if ck == generate.RANDOM_CHECKPOINT:
-    return generate.load_model(ck, dtype)
-  if ck == RANDOM_SMALL:
-    logging.warning("RANDOM WEIGHTS: the small test architecture (%s) untrained; the lower "
-                    "face will be noise.", SMALL_FLAGS)
-    model = model_config.model_from_flags(SMALL_FLAGS, dtype=dtype)
-    return model, ckpt_lib.init_params(model, jax.random.key(0))
-  path = pathlib.Path(ck)
-  if path.suffix in (".pt", ".pth", ".npz"):
-    flags = json.loads(pathlib.Path(cfg.model_flags).read_text()) if cfg.model_flags else {}
-    model = model_config.model_from_flags(model_config.full_flags(flags), dtype=dtype)
-    params = convert.convert_state_dict(convert.load_state_dict(path),
-                                        ckpt_lib.abstract_params(model))
-    return model, params
-  return ckpt_lib.load(path, dtype=dtype)
+  loaded = checkpoints.load_model(ck, dtype, model_flags=cfg.model_flags or None)
+  return loaded.model, loaded.params
 
 
 def _dtype(name: str) -> Any:
@@ -281,16 +264,16 @@ def _prepare(pair: filelists.Pair, setting: str, cfg: ml_collections.ConfigDict,
   samples = int(round(n / fps * audio_lib.SAMPLE_RATE))
   wav = np.pad(wav[:samples], (0, max(0, samples - len(wav))))
   return _Clip(pair=pair, out_path=out_path, frames=video.frames[src], fps=fps, wav=wav,
-               faces=face_lib.crop_faces(src_frames, boxes, image_size), boxes=boxes, src=src,
+               faces=crops.crop_faces(src_frames, boxes, image_size), boxes=boxes, src=src,
                mels=mels, work=work,
                generated=np.empty((len(work), image_size, image_size, 3), np.uint8))
 
 
 def _finish(clip: _Clip) -> None:
   frames = clip.frames.copy()
-  frames[clip.work] = face_lib.paste_faces(frames[clip.work], clip.generated,
+  frames[clip.work] = crops.paste_faces(frames[clip.work], clip.generated,
                                            clip.boxes[clip.src[clip.work]])
-  video_lib.write_video(clip.out_path, frames, clip.fps, clip.wav)
+  encode.write_video(clip.out_path, frames, clip.fps, clip.wav)
 
 
 def _prefetch(fn, items: Sequence[Any], workers: int, depth: int) -> Iterator[tuple[Any, Any]]:
@@ -324,16 +307,16 @@ class Generator:
     self.mesh = mesh
     model, params = load_generator(cfg, _dtype(sc.dtype))
     self.image_size = model.image_size
-    self.params = parallel.replicate(params, mesh)
+    self.params = sharding.replicate(params, mesh)
     self.sample = make_sampler(model, make_diffusion(timestep_respacing=sc.timestep_respacing),
                                use_ddim=sc.use_ddim, eta=sc.eta, clip_denoised=sc.clip_denoised,
                                face_hide_percentage=sc.face_hide_percentage)
     key_noise, self.key_steps = jax.random.split(jax.random.key(sc.sampling_seed))
     # One initial noise for every frame of every clip, as upstream (spec §2).
     noise = jax.random.normal(key_noise, (1, self.image_size, self.image_size, 3), jnp.float32)
-    self.noise = parallel.replicate(noise, mesh)
+    self.noise = sharding.replicate(noise, mesh)
     self.stochastic = (not sc.use_ddim) or sc.eta > 0
-    self.batch = parallel.round_up(int(sc.batch_frames), mesh.size)
+    self.batch = sharding.round_up(int(sc.batch_frames), mesh.size)
     self.boxes = FaceBoxes(cfg.face)
     self.num_batches = 0
     self.first_batch_seconds = 0.0  # includes the compilation
@@ -342,9 +325,9 @@ class Generator:
     faces = np.concatenate([c.faces[c.src[c.work[lo:hi]]] for c, lo, hi in rows])
     mels = np.concatenate([c.mels[c.work[lo:hi]] for c, lo, hi in rows])
     count = len(faces)
-    faces = parallel.shard_batch(
-        parallel.pad_to(faces.astype(np.float32) / 127.5 - 1.0, self.batch), self.mesh)
-    mels = parallel.shard_batch(parallel.pad_to(mels, self.batch), self.mesh)
+    faces = sharding.shard_batch(
+        sharding.pad_batch(faces.astype(np.float32) / 127.5 - 1.0, self.batch), self.mesh)
+    mels = sharding.shard_batch(sharding.pad_batch(mels, self.batch), self.mesh)
     rng = jax.random.fold_in(self.key_steps, self.num_batches) if self.stochastic else None
     start = time.time()
     out = self.sample(self.params, faces, faces, mels, self.noise, rng)
@@ -486,9 +469,9 @@ class Scorer:
     if not gen_found.any():
       gen_boxes = real_boxes[np.zeros(len(real_boxes), np.int64)] \
           if setting == "reconstruction" else real_boxes
-      gen_boxes = face_lib.pad_boxes(gen_boxes, (0, 0, 0, 0), gen_frames.shape[1:3])
-    return (face_lib.crop_faces(gen_frames, gen_boxes, self.crop_size),
-            face_lib.crop_faces(real_frames, real_boxes, self.crop_size),
+      gen_boxes = faces.pad_boxes(gen_boxes, (0, 0, 0, 0), gen_frames.shape[1:3])
+    return (crops.crop_faces(gen_frames, gen_boxes, self.crop_size),
+            crops.crop_faces(real_frames, real_boxes, self.crop_size),
             float(gen_found.mean()))
 
   def load(self, setting: str, pair: filelists.Pair, generated: Optional[pathlib.Path]) -> dict:
@@ -661,7 +644,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   workdir.mkdir(parents=True, exist_ok=True)
   cfg = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
   lists = _settings(cfg, workdir)
-  mesh = parallel.local_mesh()
+  mesh = sharding.local_mesh()
   logging.info("evaluation on %d local device(s) (%s), process %d/%d", mesh.size,
                jax.default_backend(), jax.process_index(), jax.process_count())
   all_pairs = {}
@@ -673,7 +656,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   scorer: Optional[Scorer] = None
   for setting, pairs in all_pairs.items():
     paths = SettingPaths(workdir / setting)
-    mine = parallel.host_shard(pairs)
+    mine = sharding.host_shard(pairs)
     if cfg.generated_dir:
       base = pathlib.Path(cfg.generated_dir)
 

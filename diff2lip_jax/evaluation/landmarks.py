@@ -3,7 +3,7 @@
 The predictor is `shape_predictor_68_face_landmarks.dat` shipped by the `face_recognition_models`
 package (iBUG 300-W markup: jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth 48-67). It
 expects a face rectangle as dlib's HOG detector draws it; on each face crop we use the
-detector's best box in that crop (`diff2lip_jax.face.DlibDetector`) and fall back to the whole
+detector's best box in that crop (`diff2lip_jax.inference.faces.DlibDetector`) and fall back to the whole
 crop when it finds none (the crops are face boxes already).
 """
 
@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from diff2lip_jax import face as face_lib
+from diff2lip_jax.inference import faces
 
 NUM_LANDMARKS = 68
 
@@ -33,8 +33,8 @@ class LandmarkDetector:
     detector: finds the face rectangle inside each crop; None uses the whole crop.
   """
 
-  def __init__(self, detector: Optional[face_lib.DlibDetector] = None, detect: bool = True):
-    self.detector = detector if detector is not None or not detect else face_lib.DlibDetector(
+  def __init__(self, detector: Optional[faces.DlibDetector] = None, detect: bool = True):
+    self.detector = detector if detector is not None or not detect else faces.DlibDetector(
         upsample=1)
     self._predictor = _predictor()
 

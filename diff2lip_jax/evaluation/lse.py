@@ -3,7 +3,7 @@
 What syncnet_python's `SyncNetInstance.evaluate` does (in Wav2Lip's `evaluation/scores_LSE`
 variant, which resizes every frame to 224x224), reproduced on arrays:
 
-1. frames: BGR uint8 (cv2), resized to 224x224 (cv2 bilinear grid: `face.resize_bilinear`),
+1. frames: BGR uint8 (cv2), resized to 224x224 (cv2 bilinear grid: `crops.resize_bilinear`),
    as float in [0, 255]; upstream reads them back from JPEGs that ffmpeg extracted, here they
    are used as decoded (no JPEG round trip);
 2. audio: 16 kHz mono 16-bit PCM (ffmpeg `-ac 1 -ar 16000 -acodec pcm_s16le`), MFCC with
@@ -29,8 +29,9 @@ import numpy as np
 import python_speech_features
 from absl import logging
 
-from diff2lip_jax import face as face_lib
-from diff2lip_jax.evaluation import metrics, parallel
+from diff2lip_jax.inference import crops
+from diff2lip_jax import sharding
+from diff2lip_jax.evaluation import metrics
 from diff2lip_jax.models import syncnet
 
 RANDOM = "random"
@@ -54,7 +55,7 @@ def prepare_frames(frames: np.ndarray, size: int = FRAME_SIZE) -> np.ndarray:
   frames = np.asarray(frames)
   out = np.empty((len(frames), size, size, 3), np.uint8)
   for i, f in enumerate(frames):
-    out[i] = face_lib.resize_bilinear(f, (size, size))[..., ::-1]
+    out[i] = crops.resize_bilinear(f, (size, size))[..., ::-1]
   return out
 
 
@@ -83,9 +84,9 @@ class SyncScorer:
   def __init__(self, weights: str | os.PathLike = RANDOM, batch_size: int = 20,
                vshift: int = metrics.LSE_VSHIFT, mesh: Optional[jax.sharding.Mesh] = None):
     self.model, variables = load_syncnet(weights)
-    self.mesh = mesh or parallel.local_mesh()
-    self.variables = parallel.replicate(variables, self.mesh)
-    self.batch_size = parallel.round_up(batch_size, self.mesh.size)
+    self.mesh = mesh or sharding.local_mesh()
+    self.variables = sharding.replicate(variables, self.mesh)
+    self.batch_size = sharding.round_up(batch_size, self.mesh.size)
     self.vshift = vshift
     model = self.model
     self._lips = jax.jit(lambda v, x: model.apply(v, x.astype(jnp.float32),
@@ -108,10 +109,10 @@ class SyncScorer:
       vid = np.stack([frames_bgr[i:i + WINDOW_FRAMES] for i in idx])           # [n, 5, 224, 224, 3]
       aud = np.stack([cepstra[:, MFCC_PER_FRAME * i:MFCC_PER_FRAME * i + WINDOW_MFCC]
                       for i in idx])[..., None]                                 # [n, 13, 20, 1]
-      lips.append(np.asarray(self._lips(self.variables, parallel.shard_batch(
-          parallel.pad_to(vid, b), self.mesh)))[:len(idx)])
-      auds.append(np.asarray(self._audio(self.variables, parallel.shard_batch(
-          parallel.pad_to(aud.astype(np.float32), b), self.mesh)))[:len(idx)])
+      lips.append(np.asarray(self._lips(self.variables, sharding.shard_batch(
+          sharding.pad_batch(vid, b), self.mesh)))[:len(idx)])
+      auds.append(np.asarray(self._audio(self.variables, sharding.shard_batch(
+          sharding.pad_batch(aud.astype(np.float32), b), self.mesh)))[:len(idx)])
     return np.concatenate(lips), np.concatenate(auds)
 
   def __call__(self, frames: np.ndarray, wav: np.ndarray) -> Optional[dict]:

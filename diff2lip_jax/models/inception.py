@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diff2lip_jax import convert
+from diff2lip_jax.models import torch_io as convert
 from diff2lip_jax.models import syncnet
 
 Dtype = Any

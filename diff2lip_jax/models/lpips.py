@@ -9,7 +9,7 @@ scale [.458, .448, .450]); torchvision AlexNet `features` give 5 ReLU maps (64, 
 the non-negative 1x1 `lin` layers, averaged over space and summed over the 5 layers.
 
 Parameter names follow the `lpips` package's `LPIPS` state_dict (`net.slice{1..5}.{i}`,
-`lin{0..4}.model.1`), so `diff2lip_jax.convert.convert_state_dict` maps them by rule; see
+`lin{0..4}.model.1`), so `diff2lip_jax.models.torch_io.convert_state_dict` maps them by rule; see
 `lpips_state_dict_names`. Weights: `lpips.LPIPS(net='alex').state_dict()` saved with torch.
 """
 
@@ -110,9 +110,9 @@ def load_lpips_params(path: str | os.PathLike) -> Any:
       `torch.save(lpips.LPIPS(net='alex').state_dict(), 'lpips_alex.pth')`.
 
   Raises:
-    diff2lip_jax.convert.ConversionError: missing/unexpected/mis-shaped tensors.
+    diff2lip_jax.models.torch_io.ConversionError: missing/unexpected/mis-shaped tensors.
   """
-  from diff2lip_jax import convert  # pylint: disable=import-outside-toplevel
+  from diff2lip_jax.models import torch_io as convert  # pylint: disable=import-outside-toplevel
   x = jnp.zeros((1, 64, 64, 3), jnp.float32)
   target = jax.eval_shape(LPIPS().init, jax.random.key(0), x, x)["params"]
   return convert.convert_state_dict(convert.load_state_dict(path), target, ignore=LPIPS_BUFFERS)

@@ -23,7 +23,7 @@ one, a factor n/(n-1) on the running update only). There is no dropout in either
 
 Submodule names mirror the PyTorch `state_dict` names with `_N` for `.N` (Sequential indices
 included, so `netcnnaud.18.weight` is `netcnnaud_18/kernel`); `convert_torch_variables` maps the
-two by rule (`diff2lip_jax.convert.upstream_name`), for `params` and `batch_stats` alike.
+two by rule (`diff2lip_jax.models.torch_io.upstream_name`), for `params` and `batch_stats` alike.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from diff2lip_jax import convert
+from diff2lip_jax.models import torch_io as convert
 
 Dtype = Any
 Precision = Any

@@ -26,7 +26,7 @@ from diff2lip_jax import sharding
 from diff2lip_jax.diffusion import Diffusion, training_losses
 from diff2lip_jax.models.discriminator import PatchDiscriminator
 from diff2lip_jax.models.unet import TFGModel
-from diff2lip_jax.sampling import lower_face_mask, make_cond_img
+from diff2lip_jax.inference.sampler import lower_face_mask, make_cond_img
 from diff2lip_jax.training import losses
 from diff2lip_jax.training.state import TrainState, learning_rate
 
@@ -232,11 +232,11 @@ def init_train_state(rng: jax.Array, model: TFGModel, tx: optax.GradientTransfor
     params: initial generator params (e.g. a converted upstream checkpoint); default random.
     frames: frames per clip, for the discriminator's input width.
   """
-  from diff2lip_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  from diff2lip_jax.inference import checkpoints  # pylint: disable=import-outside-toplevel
   rng = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
   k_model, k_disc, k_train = jax.random.split(rng, 3)
   if params is None:
-    params = checkpoint.init_params(model, k_model)
+    params = checkpoints.init_params(model, k_model)
   disc_params = {}
   if disc is not None:
     clip = jnp.zeros((1, frames, model.image_size, model.image_size, 3), jnp.float32)

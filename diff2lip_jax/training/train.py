@@ -18,12 +18,12 @@ import numpy as np
 import optax
 from absl import logging
 
-from diff2lip_jax import checkpoint as checkpoint_lib
+from diff2lip_jax.inference import checkpoints
 from diff2lip_jax import sharding
 from diff2lip_jax.diffusion import make_diffusion
 from diff2lip_jax.models import model_from_flags
 from diff2lip_jax.models.discriminator import PatchDiscriminator
-from diff2lip_jax.sampling import make_sampler
+from diff2lip_jax.inference.sampler import make_sampler
 from diff2lip_jax.training import checkpointing, metrics as metrics_lib
 from diff2lip_jax.training.state import make_optimizer
 from diff2lip_jax.training.step import (
@@ -103,7 +103,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   init_params = None
   if config.init_checkpoint:
-    init_model, init_params = checkpoint_lib.load(config.init_checkpoint)
+    init = checkpoints.load_model(config.init_checkpoint)
+    init_model, init_params = init.model, init.params
     if init_model.replace(dtype=dtype) != model:
       raise ValueError(f"init_checkpoint {config.init_checkpoint} has another architecture "
                        "than config.model")

@@ -16,8 +16,8 @@ crop is `frame[y1:y2, x1:x2]` (upstream's `results.append([x1, y1, x2, y2])` lay
 Differences from upstream, on purpose:
 * Detector: upstream uses S3FD (CNN, highest-scoring box above 0.5). Here the default is
   dlib's HOG frontal-face detector (`DlibDetector`, highest-scoring box); upstream's S3FD
-  (`diff2lip_jax.s3fd`, Flax, batched on the accelerator) is `make_detector("s3fd", path=...)`.
-* Several faces: `detect_all_frames` returns every face, and `diff2lip_jax.tracking` picks one
+  (`diff2lip_jax.inference.s3fd`, Flax, batched on the accelerator) is `make_detector("s3fd", path=...)`.
+* Several faces: `detect_all_frames` returns every face, and `diff2lip_jax.inference.tracking` picks one
   and follows it; `finalize_boxes` then pads, gap-fills and smooths within each scene.
 * Missing faces: upstream raises `ValueError('Face not detected!')` if any frame has no
   face. `find_faces` instead reports them in a `found` mask (and `missing_ranges`), and
@@ -39,8 +39,8 @@ from tqdm.auto import tqdm
 
 __all__ = [
     "FaceDetector", "DlibDetector", "make_detector", "pad_boxes", "smooth_boxes",
-    "find_faces", "missing_ranges", "describe_missing", "resize_bilinear", "crop_faces",
-    "paste_faces", "DETECTORS", "detect_all_frames", "finalize_boxes",
+    "find_faces", "missing_ranges", "describe_missing", "as_boxes",
+    "DETECTORS", "detect_all_frames", "finalize_boxes",
 ]
 
 DETECTORS = ("dlib", "s3fd")
@@ -161,16 +161,16 @@ def make_detector(name: str = "dlib", **kwargs) -> FaceDetector:
   if key == "dlib":
     return DlibDetector(**kwargs)
   if key == "s3fd":
-    from diff2lip_jax import s3fd  # pylint: disable=g-import-not-at-top
+    from diff2lip_jax.inference import s3fd as s3fd_detector  # pylint: disable=g-import-not-at-top
     path = kwargs.pop("path", None)
     if path is None:
       raise ValueError("the S3FD detector needs its weights: pass the path of upstream's "
                        "s3fd-619a316812.pth (or a converted .npz), e.g. --s3fd_path")
-    return s3fd.S3FDDetector.from_path(path, **kwargs)
+    return s3fd_detector.S3FDDetector.from_path(path, **kwargs)
   raise ValueError(f"unknown face detector {name!r}; choose one of: {', '.join(DETECTORS)}")
 
 
-def _as_boxes(boxes: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:
+def as_boxes(boxes: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:
   arr = np.asarray(boxes)
   if arr.ndim != 2 or arr.shape[1] != 4:
     raise ValueError(f"boxes must be [N, 4] [x1, y1, x2, y2], got shape {arr.shape}")
@@ -195,7 +195,7 @@ def pad_boxes(boxes: np.ndarray,
   Returns:
     [N, 4] int64 padded boxes.
   """
-  boxes = _as_boxes(boxes).astype(np.int64)
+  boxes = as_boxes(boxes).astype(np.int64)
   if len(pads) != 4:
     raise ValueError(f"pads must be (top, bottom, left, right), got {pads!r}")
   top, bottom, left, right = (int(p) for p in pads)
@@ -228,7 +228,7 @@ def smooth_boxes(boxes: np.ndarray, window: int = 5) -> np.ndarray:
   Returns:
     [N, 4] int64 smoothed boxes.
   """
-  out = np.rint(_as_boxes(boxes)).astype(np.int64)
+  out = np.rint(as_boxes(boxes)).astype(np.int64)
   n = out.shape[0]
   t = int(window)
   if t <= 1 or n == 0:
@@ -328,119 +328,6 @@ def describe_missing(found: np.ndarray | Sequence[bool], limit: int = 8) -> str:
   return f"no face found in frames {', '.join(parts)} ({count} of {total} frames)"
 
 
-def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Source indices i0, i1 and weight of i1 for cv2-style INTER_LINEAR along one axis."""
-  scale = in_size / out_size
-  src = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
-  i0 = np.floor(src).astype(np.int64)
-  frac = src - i0
-  low = i0 < 0
-  i0[low], frac[low] = 0, 0.0
-  high = i0 >= in_size - 1
-  i0[high], frac[high] = in_size - 1, 0.0
-  i1 = np.minimum(i0 + 1, in_size - 1)
-  return i0, i1, frac
-
-
-def resize_bilinear(image: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-  """Bilinear resize of one image on OpenCV's `INTER_LINEAR` grid.
-
-  Output pixel d samples source coordinate (d + 0.5) * in/out - 0.5, clamped at the
-  borders; no antialiasing when shrinking (as `cv2.resize(img, (w, h))`, which upstream
-  uses for the 128x128 crop and for the paste-back).
-
-  Args:
-    image: [h, w, C] (or [h, w]) uint8 or float.
-    out_hw: (H, W) output size in pixels.
-
-  Returns:
-    [H, W, C] (or [H, W]) in the input dtype (uint8 is rounded to nearest and clipped).
-  """
-  img = np.asarray(image)
-  out_h, out_w = int(out_hw[0]), int(out_hw[1])
-  if img.shape[0] < 1 or img.shape[1] < 1 or out_h < 1 or out_w < 1:
-    raise ValueError(f"cannot resize {img.shape[:2]} to {(out_h, out_w)}")
-  if img.shape[:2] == (out_h, out_w):
-    return img.copy()
-  y0, y1, fy = _linear_taps(img.shape[0], out_h)
-  x0, x1, fx = _linear_taps(img.shape[1], out_w)
-  x = img.astype(np.float32)
-  extra = (1,) * (img.ndim - 2)
-  fy = fy.astype(np.float32).reshape((-1, 1) + extra)
-  fx = fx.astype(np.float32).reshape((1, -1) + extra)
-  rows = x[y0] * (1.0 - fy) + x[y1] * fy
-  out = rows[:, x0] * (1.0 - fx) + rows[:, x1] * fx
-  if img.dtype == np.uint8:
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-  return out.astype(img.dtype)
-
-
-def _check_box(box: np.ndarray, h: int, w: int, i: int) -> tuple[int, int, int, int]:
-  x1, y1, x2, y2 = (int(v) for v in box)
-  if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
-    raise ValueError(f"box {i} = {[x1, y1, x2, y2]} is empty or outside the {w}x{h} frame; "
-                     "pad/clip boxes with pad_boxes first")
-  return x1, y1, x2, y2
-
-
-def crop_faces(frames: np.ndarray | Sequence[np.ndarray],
-               boxes: np.ndarray,
-               size: int = 128) -> np.ndarray:
-  """Crops `frame[y1:y2, x1:x2]` and resizes it to size x size (upstream: cv2 bilinear to
-  128x128, not aspect-preserving).
-
-  Args:
-    frames: [N, H, W, 3] uint8 RGB.
-    boxes: [N, 4] int `[x1, y1, x2, y2]`, inside the frame.
-    size: output side in pixels.
-
-  Returns:
-    [N, size, size, 3] uint8 face crops (`resize_bilinear`).
-  """
-  boxes = _as_boxes(boxes)
-  if len(frames) != boxes.shape[0]:
-    raise ValueError(f"{len(frames)} frames but {boxes.shape[0]} boxes")
-  out = np.empty((boxes.shape[0], size, size, 3), np.uint8)
-  for i, (frame, box) in enumerate(zip(frames, boxes)):
-    frame = np.asarray(frame)
-    x1, y1, x2, y2 = _check_box(box, frame.shape[0], frame.shape[1], i)
-    out[i] = resize_bilinear(frame[y1:y2, x1:x2], (size, size))
-  return out
-
-
-def paste_faces(frames: np.ndarray | Sequence[np.ndarray],
-                faces: np.ndarray,
-                boxes: np.ndarray) -> np.ndarray:
-  """Hard-pastes generated faces back into copies of the frames (spec §5 step 4).
-
-  Each face is resized (`resize_bilinear`, upstream cv2 bilinear) to its box size
-  (y2-y1, x2-x1) and written over `frame[y1:y2, x1:x2]`; no blending or feathering.
-
-  Args:
-    frames: [N, H, W, 3] uint8 RGB; not modified.
-    faces: [N, h, w, 3] uint8 RGB (e.g. 128x128 generator outputs).
-    boxes: [N, 4] int `[x1, y1, x2, y2]` used for the crops.
-
-  Returns:
-    [N, H, W, 3] uint8 new frames; pixels outside each box are bit-identical to the input.
-  """
-  boxes = _as_boxes(boxes)
-  faces = np.asarray(faces)
-  out = np.array(frames, dtype=np.uint8, copy=True)
-  if out.ndim != 4 or faces.ndim != 4:
-    raise ValueError(f"frames and faces must be [N, H, W, 3], got {out.shape}, {faces.shape}")
-  if not out.shape[0] == faces.shape[0] == boxes.shape[0]:
-    raise ValueError(f"count mismatch: {out.shape[0]} frames, {faces.shape[0]} faces, "
-                     f"{boxes.shape[0]} boxes")
-  if faces.dtype != np.uint8:
-    raise ValueError(f"faces must be uint8, got {faces.dtype}")
-  h, w = out.shape[1:3]
-  for i in range(out.shape[0]):
-    x1, y1, x2, y2 = _check_box(boxes[i], h, w, i)
-    out[i, y1:y2, x1:x2] = resize_bilinear(faces[i], (y2 - y1, x2 - x1))
-  return out
-
-
 def detect_all_frames(detector: FaceDetector, frames: np.ndarray | Sequence[np.ndarray]
                       ) -> list[tuple[np.ndarray, np.ndarray]]:
   """Every face in every frame, with whatever the detector offers.
@@ -488,7 +375,7 @@ def finalize_boxes(raw: np.ndarray, found: np.ndarray, frame_hw: tuple[int, int]
   Returns:
     [N, 4] int64 boxes inside the frame.
   """
-  raw = _as_boxes(raw).astype(np.int64)
+  raw = as_boxes(raw).astype(np.int64)
   found = np.asarray(found, bool)
   n = len(raw)
   h, w = int(frame_hw[0]), int(frame_hw[1])

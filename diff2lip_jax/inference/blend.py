@@ -29,7 +29,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from diff2lip_jax.face import resize_bilinear
+from diff2lip_jax.inference.crops import resize_bilinear
 
 __all__ = ["BLEND_MODES", "feather_mask", "match_color", "blend_face", "blend_faces",
            "seam_step"]

@@ -1,0 +1,130 @@
+"""Upstream's face crop and paste geometry: 128x128 crops of face boxes, and the hard paste back.
+
+Boxes are `[x1, y1, x2, y2]` integer pixels, x2/y2 exclusive: the crop is `frame[y1:y2, x1:x2]`
+resized to 128x128 with bilinear interpolation on OpenCV's `INTER_LINEAR` grid (upstream
+`cv2.resize`; spec §4.2, §5 step 4). The resize here is NumPy: same geometry as OpenCV, which
+differs only by its 11-bit fixed-point weights (at most one grey level).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from diff2lip_jax.inference.faces import as_boxes
+
+__all__ = ["resize_bilinear", "crop_faces", "paste_faces"]
+
+
+def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Source indices i0, i1 and weight of i1 for cv2-style INTER_LINEAR along one axis."""
+  scale = in_size / out_size
+  src = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
+  i0 = np.floor(src).astype(np.int64)
+  frac = src - i0
+  low = i0 < 0
+  i0[low], frac[low] = 0, 0.0
+  high = i0 >= in_size - 1
+  i0[high], frac[high] = in_size - 1, 0.0
+  i1 = np.minimum(i0 + 1, in_size - 1)
+  return i0, i1, frac
+
+
+def resize_bilinear(image: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+  """Bilinear resize of one image on OpenCV's `INTER_LINEAR` grid.
+
+  Output pixel d samples source coordinate (d + 0.5) * in/out - 0.5, clamped at the
+  borders; no antialiasing when shrinking (as `cv2.resize(img, (w, h))`, which upstream
+  uses for the 128x128 crop and for the paste-back).
+
+  Args:
+    image: [h, w, C] (or [h, w]) uint8 or float.
+    out_hw: (H, W) output size in pixels.
+
+  Returns:
+    [H, W, C] (or [H, W]) in the input dtype (uint8 is rounded to nearest and clipped).
+  """
+  img = np.asarray(image)
+  out_h, out_w = int(out_hw[0]), int(out_hw[1])
+  if img.shape[0] < 1 or img.shape[1] < 1 or out_h < 1 or out_w < 1:
+    raise ValueError(f"cannot resize {img.shape[:2]} to {(out_h, out_w)}")
+  if img.shape[:2] == (out_h, out_w):
+    return img.copy()
+  y0, y1, fy = _linear_taps(img.shape[0], out_h)
+  x0, x1, fx = _linear_taps(img.shape[1], out_w)
+  x = img.astype(np.float32)
+  extra = (1,) * (img.ndim - 2)
+  fy = fy.astype(np.float32).reshape((-1, 1) + extra)
+  fx = fx.astype(np.float32).reshape((1, -1) + extra)
+  rows = x[y0] * (1.0 - fy) + x[y1] * fy
+  out = rows[:, x0] * (1.0 - fx) + rows[:, x1] * fx
+  if img.dtype == np.uint8:
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+  return out.astype(img.dtype)
+
+
+def _check_box(box: np.ndarray, h: int, w: int, i: int) -> tuple[int, int, int, int]:
+  x1, y1, x2, y2 = (int(v) for v in box)
+  if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
+    raise ValueError(f"box {i} = {[x1, y1, x2, y2]} is empty or outside the {w}x{h} frame; "
+                     "pad/clip boxes with pad_boxes first")
+  return x1, y1, x2, y2
+
+
+def crop_faces(frames: np.ndarray | Sequence[np.ndarray],
+               boxes: np.ndarray,
+               size: int = 128) -> np.ndarray:
+  """Crops `frame[y1:y2, x1:x2]` and resizes it to size x size (upstream: cv2 bilinear to
+  128x128, not aspect-preserving).
+
+  Args:
+    frames: [N, H, W, 3] uint8 RGB.
+    boxes: [N, 4] int `[x1, y1, x2, y2]`, inside the frame.
+    size: output side in pixels.
+
+  Returns:
+    [N, size, size, 3] uint8 face crops (`resize_bilinear`).
+  """
+  boxes = as_boxes(boxes)
+  if len(frames) != boxes.shape[0]:
+    raise ValueError(f"{len(frames)} frames but {boxes.shape[0]} boxes")
+  out = np.empty((boxes.shape[0], size, size, 3), np.uint8)
+  for i, (frame, box) in enumerate(zip(frames, boxes)):
+    frame = np.asarray(frame)
+    x1, y1, x2, y2 = _check_box(box, frame.shape[0], frame.shape[1], i)
+    out[i] = resize_bilinear(frame[y1:y2, x1:x2], (size, size))
+  return out
+
+
+def paste_faces(frames: np.ndarray | Sequence[np.ndarray],
+                faces: np.ndarray,
+                boxes: np.ndarray) -> np.ndarray:
+  """Hard-pastes generated faces back into copies of the frames (spec §5 step 4).
+
+  Each face is resized (`resize_bilinear`, upstream cv2 bilinear) to its box size
+  (y2-y1, x2-x1) and written over `frame[y1:y2, x1:x2]`; no blending or feathering.
+
+  Args:
+    frames: [N, H, W, 3] uint8 RGB; not modified.
+    faces: [N, h, w, 3] uint8 RGB (e.g. 128x128 generator outputs).
+    boxes: [N, 4] int `[x1, y1, x2, y2]` used for the crops.
+
+  Returns:
+    [N, H, W, 3] uint8 new frames; pixels outside each box are bit-identical to the input.
+  """
+  boxes = as_boxes(boxes)
+  faces = np.asarray(faces)
+  out = np.array(frames, dtype=np.uint8, copy=True)
+  if out.ndim != 4 or faces.ndim != 4:
+    raise ValueError(f"frames and faces must be [N, H, W, 3], got {out.shape}, {faces.shape}")
+  if not out.shape[0] == faces.shape[0] == boxes.shape[0]:
+    raise ValueError(f"count mismatch: {out.shape[0]} frames, {faces.shape[0]} faces, "
+                     f"{boxes.shape[0]} boxes")
+  if faces.dtype != np.uint8:
+    raise ValueError(f"faces must be uint8, got {faces.dtype}")
+  h, w = out.shape[1:3]
+  for i in range(out.shape[0]):
+    x1, y1, x2, y2 = _check_box(boxes[i], h, w, i)
+    out[i, y1:y2, x1:x2] = resize_bilinear(faces[i], (y2 - y1, x2 - x1))
+  return out
