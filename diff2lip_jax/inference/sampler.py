@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from diff2lip_jax import sharding
-from diff2lip_jax.diffusion import Diffusion, sample_loop
+from diff2lip_jax.diffusion import Diffusion, make_diffusion, sample_loop
 from diff2lip_jax.models.unet import TFGModel
 
 
@@ -103,3 +103,32 @@ def make_sampler(model: TFGModel, diffusion: Diffusion, *, use_ddim: bool = True
     return out if padded == n else out[:n]
 
   return sharded_sample
+
+
+def build_sampler(model: TFGModel, *, sampler: str = "ddim", steps: int = 0,
+                  timestep_respacing: str = "ddim25", use_ddim: bool = True, eta: float = 0.0,
+                  clip_denoised: bool = True, face_hide_percentage: float = 0.5,
+                  diffusion_steps: int = 1000, noise_schedule: str = "linear",
+                  mesh: Optional[Mesh] = None) -> Callable[..., jax.Array]:
+  """The frame sampler a user chose by name: the one entry point of the inference core.
+
+  Args:
+    model: the denoiser.
+    sampler: "ddim" (upstream), "ddpm" (ancestral), "dpmpp_2m" or "unipc".
+    steps: solver steps of "dpmpp_2m"/"unipc"; ddim/ddpm use `timestep_respacing`.
+    timestep_respacing: upstream's respacing string ("ddim25", "250", ...).
+    use_ddim, eta, clip_denoised, face_hide_percentage, mesh: as `make_sampler`.
+    diffusion_steps, noise_schedule: the training diffusion (Diff2Lip: 1000, linear).
+
+  Returns:
+    `sample(params, faces, refs, mels, noise, rng=None)` as `make_sampler`'s.
+
+  Raises:
+    ValueError: an unknown or not yet available sampler.
+  """
+  if sampler in ("ddim", "ddpm"):
+    diffusion = make_diffusion(diffusion_steps, noise_schedule, timestep_respacing)
+    return make_sampler(model, diffusion, use_ddim=use_ddim and sampler == "ddim", eta=eta,
+                        clip_denoised=clip_denoised,
+                        face_hide_percentage=face_hide_percentage, mesh=mesh)
+  raise ValueError(f"unknown sampler {sampler!r}; choose ddim or ddpm")
