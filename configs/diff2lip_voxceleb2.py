@@ -51,6 +51,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample_every = 5000
   c.sample_respacing = "ddim25"
   c.checkpoint_every = 5000
+  c.eval_every = 0                  # steps between evaluations on validation clips (0: off)
+  c.eval = ml_collections.ConfigDict(dict(
+      num_clips=16,                 # validation clips sampled with the EMA params
+      timestep_respacing="ddim25",
+      syncnet_weights=""))          # syncnet_python weights for LSE-C/LSE-D; empty: skipped
   c.keep_checkpoints = 3
   c.keep_best = 1
   c.async_checkpointing = True

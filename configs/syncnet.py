@@ -4,7 +4,7 @@ r"""Training the Wav2Lip lip-sync expert (`SyncNet_color`) on our prepared data.
       --config.data.data_dir=DIR/tfds
 
 then train Diff2Lip with it: `--config.loss.syncnet_weights=DIR` (a directory is read as an
-expert trained here, a file as Wav2Lip's `lipsync_expert.pth`; `syncnet_train.load_expert`).
+expert trained here, a file as Wav2Lip's `lipsync_expert.pth`; `training.expert.load_expert`).
 
 Wav2Lip `color_syncnet_train.py` / `hparams.py`: 5 frames, lower half of the face at 48x96,
 16-step mel window, BCE on the cosine similarity, Adam lr 1e-4, batch 64, evaluation and

@@ -79,7 +79,7 @@ def test_synthetic_mouth_follows_audio():
   rms = np.array([np.sqrt(np.mean(clip.audio[j * hop:(j + 1) * hop] ** 2)) for j in range(n)])
   assert np.corrcoef(rms, clip.mouth_opening)[0, 1] > 0.8
   # The mouth region in the fixed VoxCeleb2 crop gets darker the wider the mouth is open.
-  crops = crop_lib.crop_faces(clip.frames, np.tile(clips.fixed_crop_box(224, 224), (n, 1)))
+  crops = crop_lib.crop_faces(clip.frames, np.tile(crop_lib.voxceleb2_box(224, 224), (n, 1)))
   darkness = -crops[:, 80:105, 45:80].astype(np.float32).mean(axis=(1, 2, 3))
   assert np.corrcoef(darkness, clip.mouth_opening)[0, 1] > 0.9
   assert clip.mouth_opening.max() > 0.5 and clip.mouth_opening.min() < 0.05
@@ -194,7 +194,7 @@ def test_prepare_builds_tfds_dataset(prepared, videos):
   ex = _source(data_dir)[0]
   path = videos / "dev" / "mp4" / (ex["clip_id"].decode() + ".mp4")
   v = video.read_video(path)
-  box = clips.fixed_crop_box(224, 224)
+  box = crop_lib.voxceleb2_box(224, 224)
   assert box.tolist() == [50, 0, 174, 158]
   np.testing.assert_array_equal(ex["boxes"][0], box)
   want = crop_lib.crop_faces(v.frames, np.tile(box, (NUM_FRAMES, 1))).astype(np.float32)
@@ -354,15 +354,28 @@ def test_pipeline_deterministic_per_seed(prepared):
     next(it)
 
 
-def test_pipeline_hosts_are_disjoint(prepared):
+def test_pipeline_hosts_draw_one_global_batch(prepared):
+  """Hosts take disjoint parts of one global stream: at one step their examples differ (clip,
+  window, reference, flip), and the global batch of 2 hosts is exactly that of 1 host; an
+  epoch still visits every clip once; `restart_at_batch` lands where the stream is."""
   data_dir, _ = prepared
-  seen = []
-  for host in range(2):
-    it = _iterator(data_dir, process_index=host, process_count=2, per_host_batch=1,
-                   num_epochs=1)
-    seen.append({int(x["clip_index"][0]) for x in it})
+  keys = ("clip_index", "start_frame", "ref_start", "flipped")
+  draw = lambda b: [tuple(int(b[k][i]) for k in keys) for i in range(len(b["clip_index"]))]
+  one = _take(_iterator(data_dir, per_host_batch=4, random_flip=True), 3)
+  hosts = [_take(_iterator(data_dir, process_index=h, process_count=2, random_flip=True), 3)
+           for h in range(2)]
+  for step in range(3):
+    h0, h1 = draw(hosts[0][step]), draw(hosts[1][step])
+    assert h0 + h1 == draw(one[step])
+    assert set(h0).isdisjoint(h1)
+    assert {x[0] for x in h0}.isdisjoint({x[0] for x in h1})  # other clips (within an epoch)
+  seen = [{int(x["clip_index"][0]) for x in _iterator(
+      data_dir, process_index=h, process_count=2, per_host_batch=1, num_epochs=1)} for h in (0, 1)]
   assert len(seen[0]) == len(seen[1]) == 2
   assert not seen[0] & seen[1] and seen[0] | seen[1] == {0, 1, 2, 3}
+  moved = _iterator(data_dir, process_index=1, process_count=2, random_flip=True)
+  pipeline.restart_at_batch(moved, 2, per_host_batch=2)
+  assert _same(next(moved), hosts[1][2])
 
 
 def test_pipeline_state_resumes(prepared):

@@ -18,10 +18,11 @@ import numpy as np
 import optax
 import pytest
 
-from diff2lip_jax import audio, sharding
+from diff2lip_jax import sharding
 from diff2lip_jax.data import pipeline, sync_pairs, windows
+from diff2lip_jax.media import audio
 from diff2lip_jax.models import syncnet
-from diff2lip_jax.training import syncnet_step, syncnet_train
+from diff2lip_jax.training import expert, syncnet_step
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -147,9 +148,9 @@ def test_debug_launch_resumes_and_main_training_loads_it(dataset, env, tmp_path)
 
   # The workdir gives the checkpoint with the lowest val loss; a step folder gives that step.
   best = min(val, key=lambda s: val[s]["val_loss"])
-  _, from_work = syncnet_train.load_expert(work)
-  _, from_step = syncnet_train.load_expert(work / "checkpoints" / str(best))
-  _, other = syncnet_train.load_expert(work / "checkpoints" / str(5 - best))
+  _, from_work = expert.load_expert(work)
+  _, from_step = expert.load_expert(work / "checkpoints" / str(best))
+  _, other = expert.load_expert(work / "checkpoints" / str(5 - best))
   jax.tree.map(np.testing.assert_array_equal, from_work, from_step)
   assert not np.array_equal(from_work["params"]["face_encoder_0"]["conv_block_0"]["kernel"],
                             other["params"]["face_encoder_0"]["conv_block_0"]["kernel"])
@@ -175,9 +176,9 @@ def test_load_expert_file_vs_directory(tmp_path):
       keys = tuple(p.key for p in path)
       sd[syncnet.torch_name(collection, keys)] = x.transpose(3, 2, 0, 1) if x.ndim == 4 else x
   np.savez(tmp_path / "lipsync_expert.npz", **sd)
-  _, loaded = syncnet_train.load_expert(tmp_path / "lipsync_expert.npz")
+  _, loaded = expert.load_expert(tmp_path / "lipsync_expert.npz")
   jax.tree.map(np.testing.assert_array_equal, loaded, variables)
   # A directory without checkpoints is not mistaken for weights.
   (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match="no SyncNet checkpoint"):
-    syncnet_train.load_expert(tmp_path / "empty")
+    expert.load_expert(tmp_path / "empty")

@@ -16,7 +16,8 @@ from diff2lip_jax.diffusion import make_diffusion
 from diff2lip_jax.models import model_from_flags
 from diff2lip_jax.models.discriminator import PatchDiscriminator
 from diff2lip_jax.training.state import make_optimizer
-from diff2lip_jax.training.step import LossWeights, init_train_state, jit_train_step, make_train_step
+from diff2lip_jax.training.step import (LossWeights, init_train_state, jit_train_step,
+                                        make_train_step, split_metrics)
 
 
 def batch(b=8, s=32, seed=0):
@@ -41,7 +42,9 @@ def main(mesh_shape, accum):
   state = jax.jit(init, out_shardings=shardings)()
   state, metrics = step(state, sharding.global_batch(batch(), mesh))
   kernel = state.params["input_blocks_1_0"]["in_layers_2"]["kernel"]
-  out = {"metrics": {k: float(v) for k, v in metrics.items()},
+  scalars, quartiles = split_metrics(metrics)
+  out = {"metrics": {k: float(v) for k, v in scalars.items()},
+         "quartiles": {k: np.asarray(v).tolist() for k, v in quartiles.items()},
          "kernel_spec": str(kernel.sharding.spec),
          "kernel_shards": len({str(s.index) for s in kernel.addressable_shards}),
          "param_sum": float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(state.params))),

@@ -3,11 +3,11 @@
     it = make_train_iterator(DATA_DIR, "diff2lip_voxceleb2", "train", per_host_batch=8, seed=0)
     batch = next(it)
 
-Every element is one clip (an epoch visits each clip of this host once, in a fresh
-order; Wav2Lip's `Dataset.__getitem__` likewise draws one random window from one video). For
-it, a window start k, a reference window r and an optional flip are drawn from a NumPy
-generator that grain seeds from `seed` and the element's position, so the stream is
-deterministic given the seed, differs across seeds and epochs, and is resumable.
+Every element is one clip (an epoch visits each clip of the split once, in a fresh order;
+Wav2Lip's `Dataset.__getitem__` likewise draws one random window from one video). For it, a
+window start k, a reference window r and an optional flip are drawn from a NumPy generator
+that grain seeds from `seed` and the element's position in the *global* stream, so the stream
+is deterministic given the seed, differs across seeds and epochs, and is resumable.
 
 Batch (numpy, B = per_host_batch; conventions in `windows`, spec §1.4, §4.3, §4.4):
 
@@ -37,9 +37,12 @@ augmentation is unknown (spec §3), so the default is off. The lower-half mask a
 Clips too short for a window and a non-overlapping reference window are dropped (`prepare`
 already leaves them out, so in practice none is).
 
-Hosts: the records are split into `process_count` disjoint, equal-sized strided shards
-(`range(R)[process_index::process_count]`, the remainder dropped), so every host yields the
-same number of batches per epoch.
+Hosts: one global stream (shuffle, per-element draws) is the same for any host count; global
+batch j is its elements j*G .. j*G+G-1 (G = process_count * per_host_batch) and host h takes
+the h-th run of per_host_batch of them (`HostSlice`), which is where
+`jax.make_array_from_process_local_data` puts host h's rows. So hosts draw different clips,
+windows, references and flips, and the global batch of 1, 2 or N hosts is the same draw from
+the whole dataset (resuming with another host count: `restart_at_batch`).
 
 Checkpointing: the returned `grain.DatasetIterator` has `get_state()` / `set_state()`; Orbax
 saves it next to the train state (one JSON file per process) through grain's handler:
@@ -175,15 +178,35 @@ def open_source(data_dir: str | os.PathLike, dataset_name: str, split: str):
                           decoders={"frames": _KeepEncoded()})
 
 
-def host_clips(num_clips: int, process_index: int, process_count: int) -> np.ndarray:
-  """This host's disjoint, equal-sized strided share of range(num_clips) (remainder dropped)."""
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"need 0 <= process_index < process_count, got {process_index}, "
-                     f"{process_count}")
-  per_host = num_clips // process_count
-  if per_host == 0:
-    raise ValueError(f"{num_clips} clips cannot be shared by {process_count} hosts")
-  return np.arange(num_clips)[process_index::process_count][:per_host]
+class HostSlice(grain.MapDataset):
+  """This host's elements of a global stream: of every `process_count * per_host_batch`
+  consecutive elements (one global batch), the `process_index`-th run of `per_host_batch`."""
+
+  def __init__(self, parent: grain.MapDataset, process_index: int, process_count: int,
+               per_host_batch: int):
+    super().__init__(parent)
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"need 0 <= process_index < process_count, got {process_index}, "
+                       f"{process_count}")
+    self._host, self._hosts, self._per_host = process_index, process_count, per_host_batch
+    self._global = process_count * per_host_batch
+    self._length = len(parent) // self._global * per_host_batch
+
+  def __len__(self) -> int:
+    return self._length
+
+  def parent_index(self, index: int) -> int:
+    """The global stream position of this host's element `index`."""
+    batch, offset = divmod(index, self._per_host)
+    return batch * self._global + self._host * self._per_host + offset
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self.parent_index(index)]
+
+  def __str__(self) -> str:
+    return f"HostSlice(host {self._host} of {self._hosts}, {self._per_host} per batch)"
 
 
 def make_train_dataset(data_dir: str | os.PathLike,
@@ -216,13 +239,16 @@ def make_train_dataset(data_dir: str | os.PathLike,
     raise ValueError(f"per_host_batch must be >= 1, got {per_host_batch}")
   data_dir = os.fspath(data_dir)
   num_clips = len(open_source(data_dir, dataset_name, split))
-  mine = host_clips(num_clips, process_index, process_count)
+  if num_clips < process_count * per_host_batch:
+    raise ValueError(f"split {split!r} has {num_clips} clips, fewer than one global batch of "
+                     f"{process_count} x {per_host_batch}")
   sampler = sampler_cls(data_dir, dataset_name, split, random_flip=random_flip)
-  ds = (grain.MapDataset.source([int(i) for i in mine])
+  ds = (grain.MapDataset.range(num_clips)
         .seed(seed)
         .shuffle()
         .repeat(num_epochs)
         .random_map(sampler))  # None (clip too short) is dropped by to_iter_dataset.
+  ds = HostSlice(ds, process_index, process_count, per_host_batch)
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                                prefetch_buffer_size=prefetch_buffer_size))
   it_ds = it_ds.batch(per_host_batch, drop_remainder=drop_remainder)
@@ -268,3 +294,19 @@ def make_train_iterator(data_dir: str | os.PathLike,
   ds = make_train_dataset(data_dir, dataset_name, split, per_host_batch, seed, num_epochs,
                           process_index, process_count, worker_count, **kwargs)
   return iter(ds)
+
+
+def restart_at_batch(iterator: grain.DatasetIterator, batches: int, per_host_batch: int) -> None:
+  """Moves a fresh iterator of `make_train_iterator` to global batch `batches` (the state an
+  uninterrupted run has there, as long as no clip was dropped): resuming a checkpoint written
+  by another host count, whose per-host iterator files do not fit.
+
+  Raises:
+    ValueError: the iterator's state is not a plain position (grain workers, `worker_count` > 0).
+  """
+  state = iterator.get_state()
+  if set(state) != {"next_index"}:
+    raise ValueError("the data iterator cannot be moved to a step with grain workers: resume "
+                     "with the host count that wrote the checkpoint, or set "
+                     "--config.data.worker_count=0")
+  iterator.set_state({"next_index": int(batches) * int(per_host_batch)})

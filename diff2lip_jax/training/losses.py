@@ -21,7 +21,12 @@ from diff2lip_jax.models import syncnet
 
 def gan_generator_loss(fake_logits: jax.Array) -> jax.Array:
   """Non-saturating generator loss `-log σ(D(fake))`, mean over patches: [B, ...] -> []."""
-  return jnp.mean(jax.nn.softplus(-fake_logits))
+  return jnp.mean(gan_generator_loss_per_clip(fake_logits))
+
+
+def gan_generator_loss_per_clip(fake_logits: jax.Array) -> jax.Array:
+  """`gan_generator_loss` of each clip: [B, ...] patch logits -> [B] (mean over its patches)."""
+  return jnp.mean(jax.nn.softplus(-fake_logits).reshape(fake_logits.shape[0], -1), axis=1)
 
 
 def gan_discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
@@ -60,5 +65,11 @@ def sync_loss(embed: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array
   Returns:
     [] mean over the batch of `-log p`, p = `syncnet.sync_probability` (the cosine similarity).
   """
+  return jnp.mean(sync_loss_per_clip(embed, clips, mel))
+
+
+def sync_loss_per_clip(embed: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]],
+                       clips: jax.Array, mel: jax.Array) -> jax.Array:
+  """`sync_loss` of each clip: [B] `-log p` (arguments as `sync_loss`)."""
   p = syncnet.sync_probability(*embed(sync_face_input(clips), mel))
-  return jnp.mean(syncnet.sync_bce(p, jnp.ones_like(p)))
+  return syncnet.sync_bce(p, jnp.ones_like(p))

@@ -1,31 +1,57 @@
 """Training metrics to TensorBoard (tensorboardX), stdout and `workdir/metrics.jsonl` (full
-precision, one JSON object per write), and sample grids as images."""
+precision, one JSON object per write), and sample grids as images.
+
+The workdir may be remote (`gs://...`; see `training.paths` for what that needs installed):
+then TensorBoard events and `metrics.jsonl` are written to a local staging folder and copied
+to the workdir through epath at most every `sync_every_s` seconds and at `close()` (object
+stores have no append; tensorboardX alone would need google-cloud-storage). A resumed run
+appends to the workdir's `metrics.jsonl`.
+"""
 
 from __future__ import annotations
 
+import io
 import json
-import pathlib
+import os
+import tempfile
 import time
 from typing import Mapping, Optional
 
 import jax
 import numpy as np
+from etils import epath
 from PIL import Image
+
+from diff2lip_jax.training import paths
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+SAMPLES_DIR = "samples"
 
 
 class MetricWriter:
   """Writes scalars and images from process 0; other processes write nothing."""
 
-  def __init__(self, workdir: str | pathlib.Path):
-    self.workdir = pathlib.Path(workdir)
+  def __init__(self, workdir: str | os.PathLike, sync_every_s: float = 60.0):
+    self.workdir = paths.absolute(workdir)
     self.enabled = jax.process_index() == 0
+    self.remote = not paths.is_local(self.workdir)
+    self.sync_every_s = sync_every_s
     self._tb = self._jsonl = None
-    if self.enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
-      self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")
+    self._synced = time.monotonic()
+    if not self.enabled:
+      return
+    self._stage = (epath.Path(tempfile.mkdtemp(prefix="diff2lip_metrics_")) if self.remote
+                   else self.workdir)
+    self._stage.mkdir(parents=True, exist_ok=True)
+    if self.remote and (self.workdir / METRICS_FILE).exists():
+      (self._stage / METRICS_FILE).write_text((self.workdir / METRICS_FILE).read_text())
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    self._tb = SummaryWriter(os.fspath(self._stage / TENSORBOARD_DIR))
+    self._jsonl = (self._stage / METRICS_FILE).open("a")
 
   def scalars(self, step: int, values: Mapping[str, float]) -> None:
+    """Logs `values` (name -> float) at `step`."""
     if not self.enabled:
       return
     for k, v in values.items():
@@ -34,21 +60,38 @@ class MetricWriter:
     self._jsonl.flush()
     print(f"step {step}: " + ", ".join(f"{k}={float(v):.4g}" for k, v in sorted(values.items())),
           flush=True)
+    self._maybe_sync()
 
-  def image(self, step: int, name: str, grid: np.ndarray) -> Optional[pathlib.Path]:
+  def image(self, step: int, name: str, grid: np.ndarray) -> Optional[epath.Path]:
     """Writes `grid` [H, W, 3] uint8 to TensorBoard and `workdir/samples/<name>_<step>.png`."""
     if not self.enabled:
       return None
     self._tb.add_image(name, grid, step, dataformats="HWC")
-    path = self.workdir / "samples" / f"{name}_{step:07d}.png"
+    path = self.workdir / SAMPLES_DIR / f"{name}_{step:07d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
+    buf = io.BytesIO()
+    Image.fromarray(grid).save(buf, format="PNG")
+    path.write_bytes(buf.getvalue())
+    self._maybe_sync()
     return path
+
+  def _maybe_sync(self, force: bool = False) -> None:
+    if not self.remote or not (force or time.monotonic() - self._synced >= self.sync_every_s):
+      return
+    self._tb.flush()
+    for f in self._stage.rglob("*"):
+      if f.is_file():
+        dest = self.workdir / os.path.relpath(f, self._stage)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        f.copy(dest, overwrite=True)
+    self._synced = time.monotonic()
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
       self._jsonl.close()
+      self._maybe_sync(force=True)
+      self._tb = None
 
 
 def image_grid(rows: list[np.ndarray]) -> np.ndarray:

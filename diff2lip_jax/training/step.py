@@ -5,6 +5,14 @@
 step: with `accum_steps > 1` the batch is split into micro-batches whose gradients are summed in
 a `lax.scan`, so EMA and LR schedules count real updates.
 
+Metrics: the scalar loss terms of the step (`loss`, `loss_simple`, `mse`, `vb`, `loss_lpips`,
+`loss_sync`, `loss_gan`, `loss_disc`, `grad_norm`, `learning_rate`), and per quartile of the
+clip's timestep t (q0: t in [0, 250), q1 [250, 500), q2 [500, 750), q3 [750, 1000) for 1000
+steps) the sums `<term>/q_sum` [4] of each generator term over the clips (a clip's per-frame
+values averaged first) and their clip counts `t_quartile_count` [4]; `quartile_means` turns
+sums accumulated over any number of steps into `<term>/q0..q3` means, leaving out quartiles
+that no clip fell in (no fake zeros).
+
 Batch (global arrays, leading axis sharded over data x fsdp), as `diff2lip_jax.data.pipeline`:
   image      [B, F, S, S, 3] uint8   F = 5 consecutive frames
   ref_img    [B, F, S, S, 3] uint8   one reference frame per frame, same clip, outside the window
@@ -19,6 +27,7 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -32,6 +41,55 @@ from diff2lip_jax.training.state import TrainState, learning_rate
 
 Batch = dict[str, jax.Array]
 BATCH_KEYS = ("image", "ref_img", "indiv_mels", "mel")
+NUM_QUARTILES = 4
+QUARTILE_SUM = "/q_sum"
+QUARTILE_COUNT = "t_quartile_count"
+
+
+def quartile_sums(per_clip: dict[str, jax.Array], t: jax.Array,
+                  num_timesteps: int) -> dict[str, jax.Array]:
+  """Sums of per-clip loss terms by quartile of t, and the clip count of each quartile.
+
+  The simple (ε-MSE + VLB) term is scaled by the noise level itself; the sync, LPIPS and GAN
+  terms act on x̂_0 = (x_t - √(1-ᾱ_t) ε̂) / √ᾱ_t, whose error is the ε error times
+  √(1/ᾱ_t - 1) (linear schedule, 1000 steps: ~157x at t = 999, ~0.7x at t = 200), so their
+  high-t quartiles dominate their means.
+
+  Args:
+    per_clip: term name -> [B] values, one per clip.
+    t: [B] int timesteps in [0, num_timesteps).
+    num_timesteps: T (quartile q holds t in [q T / 4, (q + 1) T / 4)).
+
+  Returns:
+    {`<name>/q_sum`: [4] float32 sums, `t_quartile_count`: [4] float32 counts}.
+  """
+  q = jnp.clip(t * NUM_QUARTILES // num_timesteps, 0, NUM_QUARTILES - 1)
+  onehot = jax.nn.one_hot(q, NUM_QUARTILES, dtype=jnp.float32)  # [B, 4]
+  out = {name + QUARTILE_SUM: v.astype(jnp.float32) @ onehot for name, v in per_clip.items()}
+  out[QUARTILE_COUNT] = jnp.sum(onehot, axis=0)
+  return out
+
+
+def split_metrics(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(scalar metrics, quartile sums and counts) of a train step's metrics."""
+  is_q = lambda k: k.endswith(QUARTILE_SUM) or k == QUARTILE_COUNT
+  return ({k: v for k, v in metrics.items() if not is_q(k)},
+          {k: v for k, v in metrics.items() if is_q(k)})
+
+
+def quartile_means(sums: dict[str, Any]) -> dict[str, float]:
+  """`<term>/q0..q3` means from (possibly accumulated) `quartile_sums`; a quartile without
+  clips is left out."""
+  if not sums:
+    return {}
+  counts = np.asarray(sums[QUARTILE_COUNT], np.float64)
+  out = {}
+  for k, v in sums.items():
+    if k.endswith(QUARTILE_SUM):
+      v = np.asarray(v, np.float64)
+      out.update({f"{k[:-len(QUARTILE_SUM)]}/q{q}": float(v[q] / counts[q])
+                  for q in range(NUM_QUARTILES) if counts[q] > 0})
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +118,8 @@ def denoising_terms(model: TFGModel, diffusion: Diffusion, params: Any, mb: Batc
 
   Returns:
     (terms from `diffusion.training_losses` over the B*F frames, x0 [B*F, S, S, 3],
-     x̂_0 clipped and composited with the unmasked x0 [B*F, S, S, 3], frames [B, F, S, S, 3]).
+     x̂_0 clipped and composited with the unmasked x0 [B*F, S, S, 3], frames [B, F, S, S, 3],
+     t [B] int32 of each clip).
   """
   size = model.image_size
   frames = _to_unit(mb["image"], size)
@@ -69,7 +128,8 @@ def denoising_terms(model: TFGModel, diffusion: Diffusion, params: Any, mb: Batc
   ref = _to_unit(mb["ref_img"], size).reshape(b * f, size, size, 3)
   mels = mb["indiv_mels"].reshape(b * f, *mb["indiv_mels"].shape[2:])
   k_t, k_noise, k_cond, k_drop = jax.random.split(key, 4)
-  t = jnp.repeat(jax.random.randint(k_t, (b,), 0, diffusion.num_timesteps), f)
+  t_clip = jax.random.randint(k_t, (b,), 0, diffusion.num_timesteps)
+  t = jnp.repeat(t_clip, f)
   noise = jax.random.normal(k_noise, x0.shape)
   cond = make_cond_img(x0, mask, jax.random.normal(k_cond, x0.shape))
   model_fn = lambda x_t, ts: model.apply(
@@ -77,7 +137,7 @@ def denoising_terms(model: TFGModel, diffusion: Diffusion, params: Any, mb: Batc
       rngs={"dropout": k_drop}).astype(jnp.float32)
   terms = training_losses(diffusion, model_fn, x0, t, noise, mask)
   x0_hat = jnp.clip(terms["pred_xstart"], -1.0, 1.0) * mask + (1.0 - mask) * x0
-  return terms, x0, x0_hat, frames
+  return terms, x0, x0_hat, frames, t_clip
 
 
 def make_val_loss(model: TFGModel, diffusion: Diffusion, face_hide_percentage: float = 0.5,
@@ -132,22 +192,30 @@ def make_train_step(*, model: TFGModel, diffusion: Diffusion, tx: optax.Gradient
   mask = lower_face_mask(size, face_hide_percentage)
 
   def generator_loss(params, disc_params, mb, key):
-    terms, x0, x0_hat, frames = denoising_terms(model, diffusion, params, mb, key, mask, train=True)
+    terms, x0, x0_hat, frames, t = denoising_terms(model, diffusion, params, mb, key, mask,
+                                                   train=True)
     b, f = frames.shape[:2]
+    clip_mean = lambda v: jnp.mean(v.reshape(b, f), axis=1)
     clips_hat = x0_hat.reshape(b, f, size, size, 3)
     metrics = {"loss_simple": jnp.mean(terms["loss"]), "mse": jnp.mean(terms["mse"]),
                "vb": jnp.mean(terms["vb"])}
+    per_clip = {"loss_simple": clip_mean(terms["loss"])}
     total = weights.simple * metrics["loss_simple"]
     if weights.lpips:
-      metrics["loss_lpips"] = jnp.mean(lpips_fn(x0_hat, x0))
+      lp = lpips_fn(x0_hat, x0)
+      metrics["loss_lpips"], per_clip["loss_lpips"] = jnp.mean(lp), clip_mean(lp)
       total += weights.lpips * metrics["loss_lpips"]
     if weights.sync:
-      metrics["loss_sync"] = losses.sync_loss(sync_embed, clips_hat, mb["mel"])
+      per_clip["loss_sync"] = losses.sync_loss_per_clip(sync_embed, clips_hat, mb["mel"])
+      metrics["loss_sync"] = jnp.mean(per_clip["loss_sync"])
       total += weights.sync * metrics["loss_sync"]
     if weights.gan:
-      metrics["loss_gan"] = losses.gan_generator_loss(disc.apply({"params": disc_params}, clips_hat))
+      logits = disc.apply({"params": disc_params}, clips_hat)
+      metrics["loss_gan"] = losses.gan_generator_loss(logits)
+      per_clip["loss_gan"] = losses.gan_generator_loss_per_clip(logits)
       total += weights.gan * metrics["loss_gan"]
     metrics["loss"] = total
+    metrics.update(quartile_sums(per_clip, t, diffusion.num_timesteps))
     return total, (metrics, frames, clips_hat)
 
   def discriminator_loss(disc_params, real, fake):
