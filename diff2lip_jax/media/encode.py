@@ -1,13 +1,27 @@
-"""Encoding H.264 + AAC MP4s with PyAV: streaming `VideoWriter` and one-shot `write_video`.
+"""Encoding player-ready H.264 MP4s with PyAV: streaming `VideoWriter` and one-shot `write_video`.
 
 Upstream writes its output with `torchvision.io.write_video(..., video_codec="libx264",
-audio_codec="aac")` (spec §5). Files are written to a hidden temporary file in the destination
-folder and renamed into place only when complete, so an interrupted run never leaves a partial
-output at the destination.
+audio_codec="aac")` (spec §5). Here the output is made to play everywhere (browsers, QuickTime,
+phones):
 
-Odd frame sizes: H.264 in 4:2:0 cannot represent an odd width or height (its cropping unit is 2
-pixels, and libx264 refuses odd sizes in yuv420p); `odd_size="yuv444p"` keeps the exact size in
-4:4:4, `odd_size="pad"` replicates the last row/column up to even dimensions and keeps yuv420p.
+* `yuv420p` H.264 by default (`pix_fmt` for others, e.g. "yuv444p"), with `crf` / `preset`.
+  4:2:0 cannot represent an odd width or height: such frames get their last row / column
+  repeated once (one edge pixel of padding, so 549x343 is written as 550x344);
+  `odd_size="yuv444p"` instead keeps the exact size in 4:4:4 (which few players play).
+* the `moov` index at the front (`+faststart`): playback starts before the download ends.
+* colour tags (primaries, transfer, matrix, range) from `color` (a source's
+  `FrameSource.color` / `Video.color`), BT.709 limited range when not given; the RGB frames are
+  converted to YUV with that same matrix, so colours survive a decode/encode round trip.
+* frames are upright as given: no rotation metadata is written.
+* sound: a [S] float mono array (`audio`, AAC), or the driving audio file's own track
+  (`source_audio`, see `audio_track`: copied, or AAC at its own rate and channels), cut or
+  padded to the video's duration.
+* deterministic: libx264 runs with a fixed thread count (`threads`), so the same frames give
+  the same file whatever the machine's load or core count.
+
+Files are written to a hidden temporary file in the destination folder and renamed into place
+only when complete, so an interrupted run never leaves a partial output at the destination,
+and a destination that is one of the inputs (`inputs`) is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -16,71 +30,34 @@ import fractions
 import os
 import pathlib
 import uuid
-from typing import Literal
+from typing import Literal, Sequence
 
 import av
 import numpy as np
 
-from diff2lip_jax.media.video import VideoError
+from diff2lip_jax.media import audio_track
+from diff2lip_jax.media.decode import TIME_BASE, ColorInfo, VideoError
+from diff2lip_jax.media.encode_args import (check_audio, check_frames, chroma_unit, fit_audio,
+                                            fps_fraction, is_constant_rate, same_file)
 
-__all__ = ["VideoWriter", "write_video", "fit_audio", "is_constant_rate", "VFR_TIME_BASE"]
+__all__ = ["VideoWriter", "write_video", "fit_audio", "is_constant_rate", "VFR_TIME_BASE",
+           "ColorInfo"]
 
-
-def _fps_fraction(fps: float | fractions.Fraction) -> fractions.Fraction:
-  """Frame rate as an exact fraction (29.97002997 -> 30000/1001, 25.0 -> 25/1)."""
-  if isinstance(fps, fractions.Fraction):
-    return fps
-  return fractions.Fraction(float(fps)).limit_denominator(1001)
-
-
-def _check_frames(frames: np.ndarray) -> np.ndarray:
-  frames = np.asarray(frames)
-  if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
-    raise VideoError(f"frames must be [N, H, W, 3] with N >= 1, got shape {frames.shape}")
-  if frames.dtype != np.uint8:
-    raise VideoError(f"frames must be uint8 RGB, got dtype {frames.dtype}; convert with "
-                     "np.clip(x, 0, 255).astype(np.uint8)")
-  if frames.shape[1] < 2 or frames.shape[2] < 2:
-    raise VideoError(f"frames are too small to encode: {frames.shape[1]}x{frames.shape[2]}")
-  return frames
-
-
-def _check_audio(audio: np.ndarray) -> np.ndarray:
-  audio = np.asarray(audio)
-  if audio.ndim == 2 and 1 in audio.shape:
-    audio = audio.reshape(-1)
-  if audio.ndim != 1:
-    raise VideoError(f"audio must be mono [S] float32, got shape {audio.shape}; mix it down "
-                     "first, e.g. audio.mean(axis=-1)")
-  if not np.issubdtype(audio.dtype, np.floating):
-    raise VideoError(f"audio must be float in [-1, 1], got dtype {audio.dtype}; for int16 PCM "
-                     "use audio.astype(np.float32) / 32768")
-  audio = np.asarray(audio, np.float32)
-  if not np.all(np.isfinite(audio)):
-    raise VideoError("audio contains NaN or inf samples")
-  if audio.size and (audio.min() < -1.0 or audio.max() > 1.0):
-    audio = np.clip(audio, -1.0, 1.0)
-  return audio
-
+# Container suffixes that get `movflags=+faststart`.
+_MP4_SUFFIXES = frozenset({".mp4", ".mov", ".m4v"})
 
 # Time base of variable-frame-rate output: 90 kHz, the MPEG convention (11 us resolution).
-VFR_TIME_BASE = fractions.Fraction(1, 90000)
-
-
-def is_constant_rate(times: np.ndarray, fps: float, tolerance: float = 1e-3) -> bool:
-  """True if `times[i] == i / fps` within `tolerance` seconds for every frame."""
-  times = np.asarray(times, np.float64)
-  return bool(np.all(np.abs(times - np.arange(len(times)) / float(fps)) <= tolerance))
+VFR_TIME_BASE = TIME_BASE
 
 
 class VideoWriter:
-  """Streaming H.264 (+ mono AAC) writer: frames are encoded as they come, nothing is held.
+  """Streaming H.264 writer (sound optional): frames are encoded as they come, nothing is held.
 
   Use as a context manager; the file is written to a hidden temporary file in the destination
   folder and renamed over `path` only when the `with` block ends without an exception (an
   exception, or `abort()`, removes it and leaves `path` untouched).
 
-    with VideoWriter(out, fps=25, audio=wav) as w:
+    with VideoWriter(out, fps=25, source_audio="speech.m4a", color=src.color) as w:
       for chunk in chunks:
         w.write(chunk)                 # [n, H, W, 3] uint8, frame i at i / fps
         # or w.write(chunk, times)     # [n] seconds: variable frame rate, 90 kHz time base
@@ -89,28 +66,73 @@ class VideoWriter:
     path: output file (`.mp4` recommended); missing parent folders are created.
     fps: nominal frame rate (float or exact `fractions.Fraction`); constant-rate frames get pts
       i/fps in time base 1/fps.
-    audio: None, or [S] float mono samples in [-1, 1] at `sample_rate`, written in full (trim or
-      pad it to the video's duration first, as `write_video` does).
-    sample_rate, crf, preset, audio_bitrate, odd_size: see `write_video`.
+    audio: None, or [S] float mono samples in [-1, 1] at `sample_rate`, written in full as AAC
+      (trim or pad it to the video's duration first, as `write_video` does).
+    sample_rate: rate of `audio` in Hz.
+    crf, preset: libx264 constant rate factor (lower = better) and speed preset.
+    audio_bitrate: AAC bit rate of `audio` in bit/s.
+    odd_size: "pad" (default: repeat the last row/column up to the pixel format's chroma
+      granularity) or "yuv444p" (odd sizes switch to 4:4:4 and keep their size).
+    pix_fmt: the H.264 pixel format (default "yuv420p", what every player plays).
+    color: the colour tags to write and convert with (`ColorInfo`; None: BT.709 limited).
+    source_audio: an audio (or video) file whose first audio track is carried at its own rate
+      and channels (`audio_track.SourceAudio`); instead of `audio`, not with it.
+    audio_duration: seconds of `source_audio` to keep (cut, or padded with silence); None: the
+      video's duration (last frame's time + one frame).
+    copy_audio_codecs: codecs of `source_audio` that are stream-copied (else AAC).
+    threads: libx264 threads (fixed, so that the output does not depend on the machine).
+    faststart: put the `moov` index first (mp4/mov/m4v).
+    inputs: files this output must never replace (e.g. the source video): `path` naming one
+      of them is refused at once. `source_audio` is always included.
+
+  Raises:
+    VideoError: bad arguments, `path` is an input, an unreadable `source_audio` (all at
+      construction), or encoding failed (nothing is left at `path`).
   """
 
   def __init__(self, path: str | os.PathLike, fps: float | fractions.Fraction,
                audio: np.ndarray | None = None, sample_rate: int = 16000, *, crf: int = 18,
                preset: str = "medium", audio_bitrate: int = 128_000,
-               odd_size: Literal["yuv444p", "pad"] = "yuv444p"):
+               odd_size: Literal["pad", "yuv444p"] = "pad", pix_fmt: str = "yuv420p",
+               color: ColorInfo | None = None,
+               source_audio: str | os.PathLike | None = None,
+               audio_duration: float | None = None,
+               copy_audio_codecs: Sequence[str] = tuple(audio_track.COPY_CODECS),
+               threads: int = 4, faststart: bool = True,
+               inputs: Sequence[str | os.PathLike] = ()):
     if audio is not None:
-      audio = _check_audio(audio)
+      audio = check_audio(audio)
       if int(sample_rate) <= 0:
         raise VideoError(f"sample_rate must be positive, got {sample_rate}")
+    if audio is not None and source_audio is not None:
+      raise VideoError("pass either audio (an array) or source_audio (a file), not both")
     if not np.isfinite(float(fps)) or float(fps) <= 0:
       raise VideoError(f"fps must be a positive number, got {fps}")
     if odd_size not in ("yuv444p", "pad"):
       raise VideoError(f'odd_size must be "yuv444p" or "pad", got {odd_size!r}')
+    if audio_duration is not None and not (np.isfinite(audio_duration) and audio_duration > 0):
+      raise VideoError(f"audio_duration must be a positive number of seconds, got "
+                       f"{audio_duration}")
     self.path = pathlib.Path(path)
-    self.rate = _fps_fraction(fps)
+    guarded = list(inputs) + ([source_audio] if source_audio is not None else [])
+    for other in guarded:
+      if same_file(self.path, other):
+        raise VideoError(f"the output {self.path} is also an input ({other}); choose another "
+                         "output path")
+    if self.path.is_dir():
+      raise VideoError(f"the output {self.path} is a folder; give a file name such as out.mp4")
+    self._pad_unit = chroma_unit(pix_fmt)
+    self.rate = fps_fraction(fps)
     self.audio = audio
     self.sample_rate = int(sample_rate)
     self.crf, self.preset, self.audio_bitrate, self.odd_size = crf, preset, audio_bitrate, odd_size
+    self.pix_fmt, self.threads, self.faststart = pix_fmt, int(threads), faststart
+    self.color = color if color is not None else ColorInfo()
+    self.audio_duration = audio_duration
+    self.source_audio = None
+    if source_audio is not None:
+      self.source_audio = audio_track.SourceAudio(source_audio, audio_duration,
+                                                  copy_codecs=frozenset(copy_audio_codecs))
     self.num_written = 0
     self._container = None
     self._vstream = None
@@ -119,6 +141,7 @@ class VideoWriter:
     self._pad = (0, 0)
     self._vfr: bool | None = None
     self._last_pts = -1
+    self._end = 0.0  # end of the last frame written, seconds
     self._closed = False
     self.path.parent.mkdir(parents=True, exist_ok=True)
     self._tmp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:8]}.part"
@@ -134,25 +157,33 @@ class VideoWriter:
       self.abort()
 
   def _open(self, h: int, w: int, vfr: bool) -> None:
+    options = {"movflags": "+faststart"} if (
+        self.faststart and self.path.suffix.lower() in _MP4_SUFFIXES) else {}
     try:
-      self._container = av.open(str(self._tmp), mode="w")
+      self._container = av.open(str(self._tmp), mode="w", container_options=options)
     except (av.error.FFmpegError, ValueError) as e:
       raise VideoError(f"cannot create {self.path}: {e}. Use a known video suffix such as .mp4 "
                        "and a writable folder.") from e
-    pix_fmt = "yuv420p"
-    if h % 2 or w % 2:
+    pix_fmt = self.pix_fmt
+    unit_h, unit_w = self._pad_unit
+    if h % unit_h or w % unit_w:
       if self.odd_size == "pad":
-        self._pad = (h % 2, w % 2)
-        h, w = h + h % 2, w + w % 2
+        self._pad = (-h % unit_h, -w % unit_w)
+        h, w = h + self._pad[0], w + self._pad[1]
       else:
         pix_fmt = "yuv444p"
+    self._frame_fmt = pix_fmt
     vstream = self._container.add_stream("libx264", rate=self.rate)
     vstream.width, vstream.height, vstream.pix_fmt = w, h, pix_fmt
     vstream.options = {"crf": str(int(self.crf)), "preset": self.preset}
+    cc = vstream.codec_context
+    cc.thread_count = self.threads
+    cc.color_primaries, cc.color_trc = self.color.primaries, self.color.trc
+    cc.colorspace, cc.color_range = self.color.space, self.color.range
     self._video_tb = VFR_TIME_BASE if vfr else fractions.Fraction(1) / self.rate
     if vfr:
       vstream.time_base = VFR_TIME_BASE
-      vstream.codec_context.time_base = VFR_TIME_BASE
+      cc.time_base = VFR_TIME_BASE
     self._vstream = vstream
     self._vfr = vfr
     if self.audio is not None:
@@ -160,6 +191,8 @@ class VideoWriter:
       astream.layout = "mono"
       astream.bit_rate = int(self.audio_bitrate)
       self._astream = astream
+    if self.source_audio is not None:
+      self.source_audio.add_to(self._container)
 
   def _encode_audio_until(self, end: int) -> None:
     end = min(end, self.audio.shape[0])
@@ -174,6 +207,15 @@ class VideoWriter:
       self._container.mux(self._astream.encode(af))
       self._audio_pos = stop
 
+  def _video_frame(self, rgb: np.ndarray) -> av.VideoFrame:
+    """An RGB frame converted to the stream's pixel format with the tagged matrix and range."""
+    c = self.color
+    vf = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+        format=self._frame_fmt, dst_colorspace=c.sws_space, dst_color_range=c.range, threads=1)
+    vf.color_primaries, vf.color_trc, vf.colorspace, vf.color_range = (
+        c.primaries, c.trc, c.space, c.range)
+    return vf
+
   def write(self, frames: np.ndarray, times: np.ndarray | None = None) -> None:
     """Encodes frames.
 
@@ -181,17 +223,23 @@ class VideoWriter:
       frames: [n, H, W, 3] uint8 RGB (the same size in every call).
       times: None (frame i of the file at i / fps), or [n] float presentation times in seconds,
         increasing (variable frame rate). Use the same convention in every call.
+
+    Raises:
+      VideoError: bad shape/dtype, a size change, times that do not increase.
     """
     if self._closed:
       raise VideoError("VideoWriter is closed")
-    frames = _check_frames(frames) if len(frames) else np.asarray(frames)
+    frames = check_frames(frames) if len(frames) else np.asarray(frames)
     if len(frames) == 0:
       return
     vfr = times is not None
     if self._container is None:
       self._open(frames.shape[1], frames.shape[2], vfr)
+      self._size = frames.shape[1:3]
     elif vfr != self._vfr:
       raise VideoError("mixing frames with and without timestamps in one VideoWriter")
+    elif frames.shape[1:3] != self._size:
+      raise VideoError(f"frame size changed from {self._size} to {frames.shape[1:3]}")
     if vfr:
       times = np.asarray(times, np.float64).reshape(-1)
       if len(times) != len(frames):
@@ -203,18 +251,22 @@ class VideoWriter:
         pts = int(round(times[i] / VFR_TIME_BASE))
         if pts <= self._last_pts:
           raise VideoError(f"timestamps must increase (frame {self.num_written}: {times[i]} s)")
-        end = times[i]
+        end = float(times[i]) + 1 / float(self.rate)
       else:
         pts = self.num_written
-        end = (self.num_written + 1) / self.rate
-      vf = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+        end = float((self.num_written + 1) / self.rate)
+      vf = self._video_frame(frames[i])
       vf.pts = pts
       vf.time_base = self._video_tb
       self._container.mux(self._vstream.encode(vf))
       self._last_pts = pts
       self.num_written += 1
+      self._end = end
       if self._astream is not None:  # interleave: audio up to this frame's time
-        self._encode_audio_until(int(round(float(end) * self.sample_rate)))
+        self._encode_audio_until(int(round(end * self.sample_rate)))
+      if self.source_audio is not None:
+        limit = end if self.audio_duration is None else min(end, self.audio_duration)
+        self.source_audio.write_until(self._container, limit)
 
   def close(self) -> None:
     """Flushes the encoders and moves the file into place."""
@@ -226,6 +278,10 @@ class VideoWriter:
       if self._astream is not None:
         self._encode_audio_until(self.audio.shape[0])
         self._container.mux(self._astream.encode(None))
+      if self.source_audio is not None:
+        self.source_audio.finish(self._container, self.audio_duration
+                                 if self.audio_duration is not None else self._end)
+        self.source_audio.close()
       self._container.mux(self._vstream.encode(None))
       self._container.close()
       self._container = None
@@ -241,6 +297,8 @@ class VideoWriter:
   def abort(self) -> None:
     """Discards the partial file; `path` is left as it was."""
     self._closed = True
+    if self.source_audio is not None:
+      self.source_audio.close()
     if self._container is not None:
       try:
         self._container.close()
@@ -261,8 +319,9 @@ def write_video(path: str | os.PathLike,
                 crf: int = 18,
                 preset: str = "medium",
                 audio_bitrate: int = 128_000,
-                odd_size: Literal["yuv444p", "pad"] = "yuv444p") -> None:
-  """Writes frames (and optional mono audio) to an H.264/AAC file, atomically.
+                odd_size: Literal["pad", "yuv444p"] = "pad",
+                **writer_kwargs) -> None:
+  """Writes frames (and optional sound) to an H.264 (+ AAC) file, atomically.
 
   The container is chosen from the suffix of `path` (`.mp4` recommended). The file is
   first written to a hidden temporary file in the same folder and moved over `path` with
@@ -285,18 +344,20 @@ def write_video(path: str | os.PathLike,
       libx264's default 23).
     preset: libx264 preset.
     audio_bitrate: AAC bit rate in bit/s.
-    odd_size: how an odd width or height is encoded (see module docstring): "yuv444p"
-      keeps the exact size, "pad" pads to even and stays yuv420p.
+    odd_size: how an odd width or height is encoded (see module docstring): "pad" (default)
+      repeats one edge pixel and stays yuv420p, "yuv444p" keeps the exact size.
+    **writer_kwargs: any keyword of `VideoWriter` (pix_fmt, color, source_audio,
+      audio_duration, copy_audio_codecs, threads, faststart, inputs).
 
   Raises:
     VideoError: bad arguments, or the encoder/muxer failed (nothing is left at `path`).
   """
-  frames = _check_frames(frames)
+  frames = check_frames(frames)
   if audio is not None:
-    audio = _check_audio(audio)
+    audio = check_audio(audio)
   if not np.isfinite(float(fps)) or float(fps) <= 0:
     raise VideoError(f"fps must be a positive number, got {fps}")
-  rate = _fps_fraction(fps)
+  rate = fps_fraction(fps)
   n = frames.shape[0]
   if audio is not None:
     if times is None:
@@ -305,13 +366,5 @@ def write_video(path: str | os.PathLike,
       num_samples = int(round((float(np.asarray(times)[-1]) + 1 / float(rate)) * int(sample_rate)))
     audio = fit_audio(audio, num_samples)
   with VideoWriter(path, rate, audio, sample_rate, crf=crf, preset=preset,
-                   audio_bitrate=audio_bitrate, odd_size=odd_size) as writer:
+                   audio_bitrate=audio_bitrate, odd_size=odd_size, **writer_kwargs) as writer:
     writer.write(frames, times)
-
-
-def fit_audio(audio: np.ndarray, num_samples: int) -> np.ndarray:
-  """[S] audio trimmed, or zero-padded at the end, to `num_samples` samples."""
-  audio = np.asarray(audio)
-  if audio.shape[0] >= num_samples:
-    return audio[:num_samples]
-  return np.pad(audio, (0, num_samples - audio.shape[0]))
