@@ -1,4 +1,5 @@
-"""Benchmarks end-to-end lip-sync (`diff2lip_jax.generate.lipsync`) on an in-memory video.
+"""Benchmarks end-to-end lip-sync (`diff2lip_jax.inference.pipeline.lipsync`, the inference core)
+on an in-memory video.
 
 Figure `lipsync`: output frames per second of one whole `lipsync` call: the analysis pass
 (face boxes, tracking), mel windows, cropping, DDIM sampling in chunks of
@@ -28,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from bench import flops
-from diff2lip_jax import generate
+from diff2lip_jax.inference.pipeline import lipsync
 from diff2lip_jax.media import video as video_lib
 from diff2lip_jax.diffusion import make_diffusion
 from diff2lip_jax.models import model_from_flags
@@ -89,7 +90,7 @@ def main(argv=None) -> list[dict]:
     make_detector = lambda: faces.make_detector("dlib")
 
   def call():
-    out = generate.lipsync(video, wav, model_and_params=(model, params),
+    out = lipsync(video, wav, checkpoint=(model, params), dtype=args.dtype,
                            timestep_respacing=args.timestep_respacing,
                            sampling_batch_size=args.sampling_batch_size,
                            detector=make_detector(), progress=False)

@@ -9,7 +9,8 @@ r"""Evaluation on LRW test with upstream's reconstruction and cross lists (spec 
       --workdir runs/eval_lrw
 
 LRW clips are 256x256, 29 frames at 25 fps (paths `WORD/test/WORD_00001`); faces are found
-per frame (upstream's generic branch, `--is_voxceleb2=False`; dlib here, S3FD upstream).
+per frame (upstream's generic branch, `--is_voxceleb2=False`) with S3FD, as upstream: the
+checkpoint must hold it (`convert --s3fd_checkpoint`) or pass --config.options.s3fd_path.
 """
 
 from diff2lip_jax.evaluation.job import default_config
@@ -19,5 +20,5 @@ def get_config():
   c = default_config()
   c.filelists.reconstruction = "lrw_reconstruction_relative_path.txt"  # 25,000 pairs
   c.filelists.cross = "lrw_cross_relative_path.txt"                    # 28,000 pairs
-  c.face.crop = "detect"
+  c.options.crop = "detect"
   return c

@@ -19,5 +19,5 @@ def get_config():
   c = default_config()
   c.filelists.reconstruction = "voxceleb2_test_n_5000_reconstruction_5k.txt"  # 4,911 pairs
   c.filelists.cross = "voxceleb2_test_n_5000_seed_797_cross_5K.txt"            # 4,970 pairs
-  c.face.crop = "voxceleb2"
+  c.options.crop = "voxceleb2"
   return c

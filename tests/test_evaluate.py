@@ -13,7 +13,9 @@ import pytest
 
 from configs import eval_debug, eval_voxceleb2
 from diff2lip_jax.media import video as video_lib
-from diff2lip_jax.evaluation import filelists, job
+from diff2lip_jax.evaluation import job, scoring
+from diff2lip_jax.inference import checkpoints, crops, filelists
+from diff2lip_jax.inference.pipeline import lipsync_to_file
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -38,7 +40,8 @@ def test_filelist_format(tmp_path):
   path.write_text("# comment\nid1/a/00001 id1/a/00001\n\nid2/b/00002.mp4  id3/c/00003\n")
   pairs = filelists.read_filelist(path)
   assert pairs == [filelists.Pair("id1/a/00001", "id1/a/00001"),
-                   filelists.Pair("id2/b/00002", "id3/c/00003")]
+                   filelists.Pair("id2/b/00002.mp4", "id3/c/00003")]
+  assert [p.line for p in pairs] == [2, 4]
   assert pairs[1].name == "id2.b.00002_id3.c.00003"  # upstream's output name
   path.write_text("only_one_path\n")
   with pytest.raises(filelists.FilelistError, match="list.txt:1"):
@@ -46,7 +49,7 @@ def test_filelist_format(tmp_path):
 
 
 def test_voxceleb2_crop_is_upstreams():
-  np.testing.assert_array_equal(job.voxceleb2_box(224, 224), [50, 0, 174, 158])  # 158 x 124
+  np.testing.assert_array_equal(crops.voxceleb2_box(224, 224), [50, 0, 174, 158])  # 158 x 124
 
 
 def test_debug_job_writes_every_metric(debug_run):
@@ -56,7 +59,7 @@ def test_debug_job_writes_every_metric(debug_run):
   assert set(summary["settings"]) == {"reconstruction", "cross"}
   rec, cross = summary["settings"]["reconstruction"], summary["settings"]["cross"]
   for s in (rec, cross):
-    assert set(job.SUMMARY_KEYS) <= set(s)
+    assert set(scoring.SUMMARY_KEYS) <= set(s)
     assert s["scored"] == s["clips"] == 2 and s["failed"] == 0
     for key in ("fid", "lse_c", "lse_d"):
       assert isinstance(s[key], float) and np.isfinite(s[key]), key
@@ -64,15 +67,17 @@ def test_debug_job_writes_every_metric(debug_run):
     assert isinstance(rec[key], float) and np.isfinite(rec[key]), key
     assert cross[key] is None, key  # no ground truth in the cross setting
   assert 0 < rec["ssim_mouth"] < rec["ssim"] < 1
-  assert rec["fid_frames"] == cross["fid_frames"] == 8  # every 2nd of 2 x 8 frames
+  # Upstream's frame count: 16 frames of 0.64 s audio have 13 full mel windows; FID takes
+  # every 2nd frame of 2 x 13.
+  assert rec["fid_frames"] == cross["fid_frames"] == 14
   assert "| reconstruction | 2/2 |" in (workdir / "summary.md").read_text()
   timing = summary["timings_this_run"]["cross"]["generation"]
-  assert timing["generated_clips"] == 2 and timing["generated_frames"] == 16
+  assert timing["generated_clips"] == 2 and timing["generated_frames"] == 26
   clip = json.loads((workdir / "reconstruction" / "clips" /
                      "id00.clip.00001_id00.clip.00001.json").read_text())
-  assert clip["frames"] == 8 and clip["lse_windows"] == 3 and clip["face_found"] >= 0
+  assert clip["frames"] == 13 and clip["lse_windows"] == 8 and clip["face_found"] >= 0
   video = video_lib.read_video(workdir / "cross" / "videos" / "id00.clip.00001_id01.clip.00001.mp4")
-  assert video.num_frames == 8 and video.fps == 25.0 and video.frames.shape[1:] == (160, 160, 3)
+  assert video.num_frames == 13 and video.fps == 25.0 and video.frames.shape[1:] == (160, 160, 3)
   # Reconstruction drives the first frame: the upper face is the same in every output frame.
   recon = video_lib.read_video(workdir / "reconstruction" / "videos" /
                                "id01.clip.00001_id01.clip.00001.mp4").frames.astype(int)
@@ -156,3 +161,20 @@ def test_batches_are_split_over_several_devices():
   r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                      env=env, check=False)
   assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_job_and_lipsync_are_one_core(debug_run, tmp_path):
+  """The job's video of a pair equals `lipsync_to_file(..., preset="upstream")` with the same
+  options: the job has no inference code of its own."""
+  workdir, _ = debug_run
+  cfg = eval_debug.get_config()
+  root = workdir / "debug_data"
+  options = job.options_from_config(cfg).replace(sampling_input_type="gt",
+                                                 sampling_ref_type="gt")
+  ours = tmp_path / "lipsync.mp4"
+  model = checkpoints.load_model(cfg.checkpoint, model_flags=cfg.model_flags or None)
+  lipsync_to_file(root / "id01/clip/00001.mp4", root / "id00/clip/00001.mp4", ours,
+                  checkpoint=model, options=options)
+  a = video_lib.read_video(ours).frames
+  b = video_lib.read_video(workdir / "cross" / "videos" / "id00.clip.00001_id01.clip.00001.mp4").frames
+  np.testing.assert_array_equal(a, b)

@@ -15,7 +15,8 @@ import pytest
 from diff2lip_jax.media import audio as audio_lib
 from diff2lip_jax.media import video as video_lib
 from diff2lip_jax.media import encode
-from diff2lip_jax.generate import lipsync, pingpong_indices
+from diff2lip_jax.inference.pipeline import lipsync
+from diff2lip_jax.inference.timeline import pingpong_indices
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FACE = REPO / "examples" / "face.png"
@@ -106,7 +107,7 @@ def test_api_any_fps_missing_faces_and_pixels_outside_box(face_video, speech, sm
   video = video_lib.read_video(face_video)
   loaded = checkpoints.load_model(small_checkpoint)
   model_and_params = loaded.model, loaded.params
-  res = lipsync(video, speech, model_and_params=model_and_params,
+  res = lipsync(video, speech, checkpoint=model_and_params,
                 timestep_respacing="ddim2", progress=False)
   n_audio = audio_lib.num_frames_for_audio(len(audio_lib.load_audio(speech)), 30.0)
   assert res.fps == 30.0 and len(res.frames) == n_audio == 18  # 0.6 s at 30 fps
@@ -192,7 +193,7 @@ def small_model(small_checkpoint):
 def test_two_faces_pick_each_and_keep_the_other(speech, small_model, face, chosen):
   frames = _two_face_frames()
   video = video_lib.Video(frames=frames, fps=25.0, times=np.arange(len(frames)) / 25)
-  res = lipsync(video, speech, model_and_params=small_model, timestep_respacing="ddim2",
+  res = lipsync(video, speech, checkpoint=small_model, timestep_respacing="ddim2",
                 face=face, audio_longer="trim", progress=False, **FAST)
   assert len(res.frames) == len(frames) and res.no_face == []
   left = (slice(50, 260), slice(50, 260))     # the left face's region, all frames
@@ -213,17 +214,17 @@ def _vfr_face_video(path) -> np.ndarray:
 
 
 def test_variable_frame_rate_keeps_frames_and_timestamps(tmp_path, speech, small_model):
-  from diff2lip_jax.generate import lipsync_to_file
+  from diff2lip_jax.inference.pipeline import lipsync_to_file
   times = _vfr_face_video(tmp_path / "vfr.mp4")
   out = tmp_path / "out.mp4"
-  summary = lipsync_to_file(tmp_path / "vfr.mp4", speech, out, model_and_params=small_model,
+  summary = lipsync_to_file(tmp_path / "vfr.mp4", speech, out, checkpoint=small_model,
                             timestep_respacing="ddim2", audio_longer="trim", progress=False,
                             **FAST)
   got = video_lib.read_video(out)
   assert summary.num_frames == got.num_frames == len(times)
   np.testing.assert_allclose(got.times, times, atol=2e-3)
   # Pingpong (the default) continues the timeline with the same spacing, played backwards.
-  res = lipsync(tmp_path / "vfr.mp4", speech, model_and_params=small_model,
+  res = lipsync(tmp_path / "vfr.mp4", speech, checkpoint=small_model,
                 timestep_respacing="ddim2", progress=False, **FAST)
   np.testing.assert_allclose(res.times[:12], times, atol=2e-3)
   assert np.all(np.diff(res.times) > 0) and res.times[-1] <= 0.6
@@ -249,7 +250,7 @@ def test_audio_array_any_rate_and_stereo(face_video, small_model):
   t = np.arange(int(0.5 * 44100)) / 44100
   stereo = np.stack([np.sin(2 * np.pi * 220 * t), 0.5 * np.sin(2 * np.pi * 330 * t)], 1) * 0.3
   video = video_lib.read_video(face_video)
-  res = lipsync(video, stereo.astype(np.float32), model_and_params=small_model,
+  res = lipsync(video, stereo.astype(np.float32), checkpoint=small_model,
                 timestep_respacing="ddim2", audio_sample_rate=44100, progress=False, **FAST)
   assert len(res.frames) == 15  # 0.5 s at 30 fps
   assert len(res.audio) == 8000
@@ -280,7 +281,7 @@ def test_filelist_batch_failure_and_resume(tmp_path, speech, small_checkpoint):
 
 
 def test_output_timeline_and_crossfade():
-  from diff2lip_jax.generate import crossfade_weights, output_timeline
+  from diff2lip_jax.inference.timeline import crossfade_weights, output_timeline
   t = np.arange(10) / 25
   src, times, dur = output_timeline(t, 25, 0.6)  # 15 frames: 0..9, then back 8..4
   np.testing.assert_array_equal(src, [*range(10), 8, 7, 6, 5, 4])

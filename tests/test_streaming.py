@@ -12,7 +12,7 @@ from PIL import Image
 
 from diff2lip_jax.media import video as video_lib
 from diff2lip_jax.media import encode
-from diff2lip_jax.generate import lipsync
+from diff2lip_jax.inference.pipeline import lipsync
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FACE = REPO / "examples" / "face.png"
@@ -132,7 +132,7 @@ def test_output_does_not_depend_on_chunking(tmp_path, tiny_checkpoint):
   video = video_lib.Video(frames=frames, fps=25.0, times=np.arange(10) / 25)
   t = np.arange(int(0.6 * 16000)) / 16000
   wav = (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
-  runs = [lipsync(video, wav, model_and_params=model_and_params, timestep_respacing="ddim2",
+  runs = [lipsync(video, wav, checkpoint=model_and_params, timestep_respacing="ddim2",
                   sampling_batch_size=b, nframes=4, progress=False) for b in (1, 4)]
   assert len(runs[0].frames) == 15  # 0.6 s at 25 fps: 10 frames, then back 8, 7, ..., 4
   diff = np.abs(runs[0].frames.astype(int) - runs[1].frames).max()

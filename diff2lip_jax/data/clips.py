@@ -92,16 +92,6 @@ class ProcessOptions:
     return d
 
 
-def fixed_crop_box(height: int, width: int) -> np.ndarray:
-  """Upstream `my_voxceleb2_crop` as a box: [x1, y1, x2, y2] int64 (x2/y2 exclusive).
-
-  rows [0, H - int(2.36/8 H)), columns [int(1.8/8 W), W - int(1.8/8 W)) (spec §4.2);
-  224x224 -> [50, 0, 174, 158], a 124x158 crop.
-  """
-  x1 = int(1.8 / 8 * width)
-  return np.array([x1, 0, width - x1, height - int(2.36 / 8 * height)], np.int64)
-
-
 def resample_indices(times: np.ndarray, src_fps: float, fps: float) -> np.ndarray:
   """Source frame for each output frame at `fps`: the one whose time is nearest to i / fps.
 
@@ -184,7 +174,7 @@ def process_clip(task: layout_lib.ClipTask, options: ProcessOptions) -> dict[str
                       "non-overlapping reference window")
   h, w = frames.shape[1:3]
   if options.crop == "fixed":
-    boxes = np.tile(fixed_crop_box(h, w), (n, 1))
+    boxes = np.tile(crop_lib.voxceleb2_box(h, w), (n, 1))
     found = np.ones((n,), bool)
   else:
     boxes, found = faces.find_faces(frames, _detector(options), pads=options.pads,

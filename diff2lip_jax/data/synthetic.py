@@ -4,7 +4,7 @@ No downloads: every clip is made from `examples/face.png` (public-domain NASA po
 see `examples/README.md`) and synthetic audio.
 
 * **Framing.** A square window of the portrait is resized to 224x224 so that, as in VoxCeleb2's
-  face-centred clips, upstream's fixed crop (`clips.fixed_crop_box`, rows 0..157, columns
+  face-centred clips, upstream's fixed crop (`crops.voxceleb2_box`, rows 0..157, columns
   50..173) spans forehead to chin with the mouth in the lower half of the 128x128 crop. The
   window is shifted (up to +-4 px) and scaled (+-3 %) per clip; each identity gets its own
   colour gains.

@@ -38,7 +38,8 @@ def space_timesteps(num_timesteps: int, section_counts: str) -> list[int]:
   Same rule as upstream `respace.space_timesteps`:
     "" -> all steps; "ddimN" -> `range(0, T, stride)` with the stride giving exactly N steps
     (ddim25 -> 0, 40, ..., 960); "N" or "N1,N2,..." -> the T steps cut into equal sections and
-    N_i steps taken evenly (rounded) from section i (e.g. "10,10,5").
+    N_i steps taken evenly from section i (e.g. "10,10,5"): a float stride (size-1)/(N_i-1)
+    accumulated and each partial sum rounded (Python's round, half to even), as upstream.
 
   Raises:
     ValueError: a malformed string, or more steps asked of a section than it has.
@@ -67,7 +68,12 @@ def space_timesteps(num_timesteps: int, section_counts: str) -> list[int]:
     if size < count or count < 1:
       raise ValueError(f"cannot take {count} steps from a section of {size} steps")
     frac_stride = 1 if count <= 1 else (size - 1) / (count - 1)
-    steps += [start + round(j * frac_stride) for j in range(count)]
+    # Upstream accumulates the float stride (cur_idx += frac_stride) rather than multiplying;
+    # the rounding of the sum differs from round(j * frac_stride) for 278 of the counts 1..1000.
+    cur_idx = 0.0
+    for _ in range(count):
+      steps.append(start + round(cur_idx))
+      cur_idx += frac_stride
     start += size
   return sorted(set(steps))
 

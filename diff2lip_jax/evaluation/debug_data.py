@@ -14,7 +14,7 @@ import numpy as np
 
 from diff2lip_jax.media import video as video_lib
 from diff2lip_jax.media import encode
-from diff2lip_jax.evaluation.filelists import Pair, write_filelist
+from diff2lip_jax.inference.filelists import Pair, write_filelist
 
 EXAMPLE_FACE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "face.png"
 FACE_CENTER_XY = (220, 124)  # dlib's face box on the example is [175, 76, 266, 167].

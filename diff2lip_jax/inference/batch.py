@@ -1,11 +1,8 @@
 """Lip-syncing many (audio, video) pairs from an upstream-style filelist, on every device.
 
-Filelist format (upstream `generate.py --generate_from_filelist 1`, spec §4.1): one pair per line,
-`<audio> <video>`, audio first, paths relative to a data root, usually without the `.mp4` suffix
-(`id00017/01dfn2spqyE/00001`); upstream reads `<root>/<name>.mp4` for both. Here a name that
-exists as given is used as is, otherwise `.mp4` is appended. Blank lines and lines starting with
-`#` are skipped. The output of a pair is upstream's name: `<audio with / -> .>_<video with / ->
-.>.mp4` in the output folder.
+The filelist format and output names are upstream's (`filelists`; `generate.py
+--generate_from_filelist 1`): a name that exists as given is used as is, otherwise `.mp4` is
+appended; the output of a pair is `<Pair.name>.mp4` in the output folder.
 
 Jobs are spread over every local JAX device of every host: item i goes to worker
 i mod (hosts x local devices), each worker (one thread per local device) runs its items one
@@ -28,21 +25,9 @@ from typing import Any, Callable, Sequence
 import jax
 from absl import logging
 
-__all__ = ["FilelistError", "Item", "BatchReport", "read_filelist", "resolve_media",
-           "output_name", "assign_items", "run_filelist"]
+from diff2lip_jax.inference.filelists import Pair, read_filelist, resolve_media
 
-
-class FilelistError(ValueError):
-  """The filelist is missing or malformed; the message says what to do."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Item:
-  """One line of the filelist."""
-
-  line: int  # 1-based line number
-  audio: str
-  video: str
+__all__ = ["BatchReport", "assign_items", "run_filelist"]
 
 
 @dataclasses.dataclass
@@ -51,50 +36,8 @@ class BatchReport:
 
   done: list[pathlib.Path] = dataclasses.field(default_factory=list)
   skipped: list[pathlib.Path] = dataclasses.field(default_factory=list)
-  failed: list[tuple[Item, str]] = dataclasses.field(default_factory=list)
+  failed: list[tuple[Pair, str]] = dataclasses.field(default_factory=list)
   total: int = 0  # items in the whole filelist
-
-
-def read_filelist(path: str | os.PathLike) -> list[Item]:
-  """Parses `<audio> <video>` lines.
-
-  Raises:
-    FilelistError: missing file, or a line that is not two fields.
-  """
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FilelistError(f"filelist {path} not found")
-  items = []
-  for number, raw in enumerate(path.read_text().splitlines(), start=1):
-    text = raw.strip()
-    if not text or text.startswith("#"):
-      continue
-    fields = text.split()
-    if len(fields) != 2:
-      raise FilelistError(f"{path}:{number}: expected '<audio> <video>' (two paths relative to "
-                          f"--data_root), got {text!r}")
-    items.append(Item(number, fields[0], fields[1]))
-  return items
-
-
-def resolve_media(root: str | os.PathLike, name: str) -> pathlib.Path:
-  """`root/name` if it exists, else `root/name.mp4` (upstream's convention)."""
-  path = pathlib.Path(root) / name
-  if path.exists():
-    return path
-  return path.with_name(path.name + ".mp4")
-
-
-def _stem(name: str) -> str:
-  suffix = pathlib.PurePosixPath(name).suffix
-  known = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".wav", ".mp3", ".m4a", ".flac", ".aac",
-           ".ogg", ".png", ".jpg", ".jpeg"}
-  return name[:-len(suffix)] if suffix.lower() in known else name
-
-
-def output_name(item: Item) -> str:
-  """Upstream's output file name: `<audio with / -> .>_<video with / -> .>.mp4`."""
-  return f"{_stem(item.audio).replace('/', '.')}_{_stem(item.video).replace('/', '.')}.mp4"
 
 
 def assign_items(num_items: int, process_index: int, process_count: int,
@@ -143,7 +86,7 @@ def run_filelist(filelist: str | os.PathLike, data_root: str | os.PathLike,
   def work(device: Any, indices: list[int]) -> None:
     for i in indices:
       item = items[i]
-      out = out_dir / output_name(item)
+      out = out_dir / f"{item.name}.mp4"
       if out.exists() and not overwrite:
         with lock:
           report.skipped.append(out)

@@ -14,7 +14,7 @@ import numpy as np
 
 from diff2lip_jax.inference.faces import as_boxes
 
-__all__ = ["resize_bilinear", "crop_faces", "paste_faces"]
+__all__ = ["resize_bilinear", "crop_faces", "paste_faces", "voxceleb2_box"]
 
 
 def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -128,3 +128,11 @@ def paste_faces(frames: np.ndarray | Sequence[np.ndarray],
     x1, y1, x2, y2 = _check_box(boxes[i], h, w, i)
     out[i, y1:y2, x1:x2] = resize_bilinear(faces[i], (y2 - y1, x2 - x1))
   return out
+
+
+def voxceleb2_box(height: int, width: int) -> np.ndarray:
+  """Upstream's fixed crop of aligned VoxCeleb2 clips (`my_voxceleb2_crop`, used when
+  `--is_voxceleb2`, its generate.py default; spec §4.2) as `[x1, y1, x2, y2]` int64: rows
+  [0, H - int(2.36/8 H)), columns [int(1.8/8 W), W - int(1.8/8 W)); 224x224 -> [50, 0, 174, 158]."""
+  dx = int(1.8 / 8 * width)
+  return np.array([dx, 0, width - dx, height - int(2.36 / 8 * height)], np.int64)

@@ -1,10 +1,14 @@
-"""Upstream's evaluation file lists (spec §4.1).
+"""Upstream's filelists: the one owner of the format (spec §4.1).
 
-One pair per line, `<audio_clip> <video_clip>`, audio first, paths relative to the dataset root
-and without extension, e.g. `id00017/01dfn2spqyE/00001 id00017/01dfn2spqyE/00001` under
-`vox2_test_mp4/mp4/` (VoxCeleb2) or `ABOUT/test/ABOUT_00001` (LRW, after upstream's
-`lrw_fullpath.py`). The audio of a pair is the audio track of that clip's video file.
-Upstream names each output `<audio with / -> .>_<video with / -> .>.mp4`.
+One pair per line, `<audio> <video>`, audio first, paths relative to a data root and usually
+without extension, e.g. `id00017/01dfn2spqyE/00001 id00017/01dfn2spqyE/00001` under
+`vox2_test_mp4/mp4/` (VoxCeleb2) or `ABOUT/test/ABOUT_00001` (LRW). The audio of a pair is the
+audio track of that clip's file; upstream reads `<root>/<name>.mp4` for both. Blank lines and
+lines starting with `#` are skipped. Upstream names each output
+`<audio with / -> .>_<video with / -> .>.mp4` (`Pair.name`).
+
+Used by the filelist batch of `generate` and by `launch.evaluate` (the "reconstruction" and
+"cross" lists of the paper).
 """
 
 from __future__ import annotations
@@ -14,48 +18,57 @@ import os
 import pathlib
 
 SETTINGS = ("reconstruction", "cross")
+MEDIA_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".wav", ".mp3", ".m4a", ".flac",
+                  ".aac", ".ogg", ".png", ".jpg", ".jpeg")
 
 
 class FilelistError(ValueError):
-  """A file list is missing or has a malformed line."""
+  """A filelist is missing or has a malformed line; the message says what to do."""
+
+
+def _stem(name: str) -> str:
+  suffix = pathlib.PurePosixPath(name).suffix
+  return name[:-len(suffix)] if suffix.lower() in MEDIA_SUFFIXES else name
 
 
 @dataclasses.dataclass(frozen=True)
 class Pair:
-  """One evaluation item: drive `video` (relative path, no extension) with `audio`'s track."""
+  """One line: drive `video` with `audio`'s track (paths relative to the data root).
+
+  Attributes:
+    audio, video: as written in the filelist (with or without extension).
+    line: 1-based line number (0 when built in code).
+  """
 
   audio: str
   video: str
+  line: int = dataclasses.field(default=0, compare=False)
 
   @property
   def name(self) -> str:
-    """Upstream's output name (without `.mp4`): `<audio>_<video>` with `/` -> `.`."""
-    return f"{self.audio.replace('/', '.')}_{self.video.replace('/', '.')}"
+    """Upstream's output name without `.mp4`: `<audio>_<video>`, `/` -> `.`, extensions cut."""
+    return f"{_stem(self.audio).replace('/', '.')}_{_stem(self.video).replace('/', '.')}"
 
 
-def _strip_ext(rel: str, ext: str) -> str:
-  return rel[:-len(ext)] if ext and rel.endswith(ext) else rel
-
-
-def read_filelist(path: str | os.PathLike, ext: str = ".mp4") -> list[Pair]:
-  """Parses a file list; blank lines and lines starting with `#` are skipped, and a trailing
-  `ext` on a path is tolerated.
+def read_filelist(path: str | os.PathLike) -> list[Pair]:
+  """Parses a filelist.
 
   Raises:
     FilelistError: missing file, or a line that is not two whitespace-separated paths.
   """
   path = pathlib.Path(path)
   if not path.is_file():
-    raise FilelistError(f"file list {path} not found")
+    raise FilelistError(f"filelist {path} not found")
   pairs = []
-  for n, line in enumerate(path.read_text().splitlines(), 1):
-    line = line.strip()
-    if not line or line.startswith("#"):
+  for number, raw in enumerate(path.read_text().splitlines(), start=1):
+    text = raw.strip()
+    if not text or text.startswith("#"):
       continue
-    parts = line.split()
-    if len(parts) != 2:
-      raise FilelistError(f"{path}:{n}: expected '<audio_clip> <video_clip>', got {line!r}")
-    pairs.append(Pair(_strip_ext(parts[0], ext), _strip_ext(parts[1], ext)))
+    fields = text.split()
+    if len(fields) != 2:
+      raise FilelistError(f"{path}:{number}: expected '<audio> <video>' (two paths relative to "
+                          f"the data root), got {text!r}")
+    pairs.append(Pair(fields[0], fields[1], number))
   return pairs
 
 
@@ -65,3 +78,11 @@ def write_filelist(path: str | os.PathLike, pairs: list[Pair]) -> pathlib.Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text("".join(f"{p.audio} {p.video}\n" for p in pairs))
   return path
+
+
+def resolve_media(root: str | os.PathLike, name: str, suffix: str = ".mp4") -> pathlib.Path:
+  """`root/name` if it exists, else `root/name` + `suffix` (upstream's convention)."""
+  path = pathlib.Path(root) / name
+  if path.exists():
+    return path
+  return path.with_name(path.name + suffix)

@@ -14,7 +14,8 @@ Presets:
   smoothing, hard paste, float32, frames up to the last full 16-step window of the *unpadded*
   mel (N = min(#frames, #windows)), uint8 by truncation, libx264 CRF 23 (torchvision's
   `write_video` default), upstream's initial-noise rule (`init_noise="torch"`:
-  `torch.manual_seed(seed); torch.randn(1, 3, 128, 128)`, needs torch) unless a noise is given.
+  `torch.manual_seed(seed); torch.randn(1, 3, 128, 128)`; JAX noise with a warning where torch is
+  not installed) unless a noise is given.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 from typing import Any, Optional, Sequence
 
 import numpy as np
+from absl import logging
 
 PRESETS = ("default", "upstream")
 SAMPLERS = ("ddim", "ddpm", "dpmpp_2m", "unipc")
@@ -176,13 +178,14 @@ def load_init_noise(spec: Any, seed: int, size: int) -> Optional[np.ndarray]:
   """The initial noise as [1, S, S, 3] float32, or None for JAX noise from the seed.
 
   Args:
-    spec: None, "torch" (upstream: `torch.manual_seed(seed); torch.randn(1, 3, S, S)`), a
-      `.npy` path, or an array [1, 3, S, S] (NCHW) / [1, S, S, 3] (NHWC).
+    spec: None, "torch" (upstream: `torch.manual_seed(seed); torch.randn(1, 3, S, S)`; without
+      torch installed: None, with a warning), a `.npy` path, or an array [1, 3, S, S] (NCHW) /
+      [1, S, S, 3] (NHWC).
     seed: upstream's `--sampling_seed`.
     size: the model's image size S.
 
   Raises:
-    ValueError: an unreadable file, a wrong shape, or "torch" without torch installed.
+    ValueError: an unreadable file or a wrong shape.
   """
   if spec is None:
     return None
@@ -190,8 +193,10 @@ def load_init_noise(spec: Any, seed: int, size: int) -> Optional[np.ndarray]:
     try:
       import torch  # pylint: disable=import-outside-toplevel
     except ImportError:
-      raise ValueError("init_noise='torch' (upstream's noise rule) needs torch: `pip install "
-                       "torch`, or pass the noise as a .npy file") from None
+      logging.warning("torch is not installed: the initial noise comes from JAX's generator "
+                      "(seed %d), not upstream's torch.randn; `pip install torch` or pass "
+                      "--init_noise FILE.npy for upstream's noise", seed)
+      return None
     gen = torch.Generator().manual_seed(int(seed))
     arr = torch.randn((1, 3, size, size), generator=gen).numpy()
   elif isinstance(spec, (str, os.PathLike)):

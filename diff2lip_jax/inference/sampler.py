@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from diff2lip_jax import sharding
-from diff2lip_jax.diffusion import Diffusion, make_diffusion, sample_loop
+from diff2lip_jax.diffusion import SOLVERS, Diffusion, make_diffusion, make_plan, sample_loop
 from diff2lip_jax.models.unet import TFGModel
 
 
@@ -109,26 +109,42 @@ def build_sampler(model: TFGModel, *, sampler: str = "ddim", steps: int = 0,
                   timestep_respacing: str = "ddim25", use_ddim: bool = True, eta: float = 0.0,
                   clip_denoised: bool = True, face_hide_percentage: float = 0.5,
                   diffusion_steps: int = 1000, noise_schedule: str = "linear",
-                  mesh: Optional[Mesh] = None) -> Callable[..., jax.Array]:
+                  mesh: Optional[Mesh] = None, solver_order: int = 2,
+                  solver_schedule: Optional[str] = None) -> Callable[..., jax.Array]:
   """The frame sampler a user chose by name: the one entry point of the inference core.
 
   Args:
     model: the denoiser.
-    sampler: "ddim" (upstream), "ddpm" (ancestral), "dpmpp_2m" or "unipc".
-    steps: solver steps of "dpmpp_2m"/"unipc"; ddim/ddpm use `timestep_respacing`.
-    timestep_respacing: upstream's respacing string ("ddim25", "250", ...).
-    use_ddim, eta, clip_denoised, face_hide_percentage, mesh: as `make_sampler`.
+    sampler: "ddim" (upstream), "ddpm" (ancestral), "dpmpp_2m" (DPM-Solver++(2M)) or "unipc"
+      (UniPC bh2 with the UniC corrector); the last two are deterministic ODE solvers of
+      `diff2lip_jax.diffusion.solvers` on the same conditioning and shared initial noise.
+    steps: model evaluations of "dpmpp_2m"/"unipc" (>= 1); ddim/ddpm use `timestep_respacing`.
+    timestep_respacing: upstream's respacing string ("ddim25", "250", ...), ddim/ddpm only.
+    use_ddim, eta, face_hide_percentage, mesh: as `make_sampler` (use_ddim/eta: ddim/ddpm).
+    clip_denoised: clamp x̂_0 to [-1, 1] (for the solvers: every data prediction).
     diffusion_steps, noise_schedule: the training diffusion (Diff2Lip: 1000, linear).
+    solver_order: UniPC's order p (1..3; default 2). DPM-Solver++(2M) is always 2.
+    solver_schedule: "logsnr" or "time_uniform"; None: the solver paper's choice (logsnr for
+      dpmpp_2m, time_uniform for unipc).
 
   Returns:
-    `sample(params, faces, refs, mels, noise, rng=None)` as `make_sampler`'s.
+    `sample(params, faces, refs, mels, noise, rng=None)` as `make_sampler`'s (rng unused by
+    the deterministic samplers).
 
   Raises:
-    ValueError: an unknown or not yet available sampler.
+    ValueError: an unknown sampler, or a solver without `steps`.
   """
   if sampler in ("ddim", "ddpm"):
     diffusion = make_diffusion(diffusion_steps, noise_schedule, timestep_respacing)
     return make_sampler(model, diffusion, use_ddim=use_ddim and sampler == "ddim", eta=eta,
                         clip_denoised=clip_denoised,
                         face_hide_percentage=face_hide_percentage, mesh=mesh)
-  raise ValueError(f"unknown sampler {sampler!r}; choose ddim or ddpm")
+  if sampler in SOLVERS:
+    if steps < 1:
+      raise ValueError(f"sampler {sampler} needs steps >= 1 (e.g. 10); got {steps}")
+    plan = make_plan(sampler, steps, order=solver_order, schedule=solver_schedule,
+                     diffusion_steps=diffusion_steps, noise_schedule=noise_schedule)
+    # `make_sampler` runs `sample_loop`, which runs a `SolverPlan` with `solvers.solve`.
+    return make_sampler(model, plan, clip_denoised=clip_denoised,  # type: ignore[arg-type]
+                        face_hide_percentage=face_hide_percentage, mesh=mesh)
+  raise ValueError(f"unknown sampler {sampler!r}; choose ddim, ddpm, dpmpp_2m or unipc")

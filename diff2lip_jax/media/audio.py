@@ -217,3 +217,31 @@ def mel_windows(mel: np.ndarray, times: np.ndarray) -> np.ndarray:
 def num_frames_for_audio(num_samples: int, fps: float, sample_rate: int = SAMPLE_RATE) -> int:
   """Number of whole video frames at `fps` that `num_samples` audio samples span."""
   return int(np.floor(num_samples * fps / sample_rate + _INDEX_EPS))
+
+
+def as_wav(audio: str | os.PathLike | np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+  """Driving audio as [S] float32 16 kHz mono.
+
+  Args:
+    audio: a path (any audio or video file, any rate, any channels: `audio.load_audio`), or
+      samples: [S] mono, or [S, C] / [C, S] multi-channel (the shorter axis is taken as channels
+      and averaged), at `sample_rate`.
+    sample_rate: rate of array input in Hz; resampled to 16 kHz (soxr, as `load_audio`).
+
+  Raises:
+    AudioError: unreadable file or an array of another shape.
+  """
+  if not isinstance(audio, np.ndarray):
+    return load_audio(audio)
+  wav = np.asarray(audio)
+  if wav.ndim == 2:
+    wav = wav.mean(axis=int(np.argmin(wav.shape)))
+  if wav.ndim != 1:
+    raise AudioError(f"audio array must be [S] or [S, channels], got {audio.shape}")
+  if np.issubdtype(wav.dtype, np.integer):
+    wav = wav / float(np.iinfo(wav.dtype).max + 1)
+  wav = wav.astype(np.float32)
+  if int(sample_rate) != SAMPLE_RATE:
+    wav = librosa.resample(wav, orig_sr=int(sample_rate), target_sr=SAMPLE_RATE,
+                           res_type=RESAMPLE_TYPE).astype(np.float32)
+  return wav
