@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from diff2lip_jax.media import decode as video_decode
 from diff2lip_jax.media import encode, video
 from diff2lip_jax.media.encode import write_video
 from diff2lip_jax.media.video import Video, VideoError, read_video
@@ -315,3 +316,42 @@ def test_scan_stops_at_time(tmp_path):
   still = tmp_path / "s.png"
   Image.fromarray(_frames(1, 9, 9)[0]).save(still)
   assert isinstance(video.open_source(still), video.InMemorySource)
+
+
+def test_same_frames_give_the_same_file(tmp_path):
+  """libx264 runs with a fixed thread count: the bytes do not depend on load or core count."""
+  frames = _frames(30, 64, 96)
+  outs = []
+  for i, threads in enumerate((4, 4)):
+    outs.append(tmp_path / f"{i}.mp4")
+    with encode.VideoWriter(outs[-1], 25, _tone(30 / 25), threads=threads) as w:
+      for start in range(0, 30, 7 if i else 30):
+        w.write(frames[start:start + (7 if i else 30)])
+  assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
+def test_presentation_clock_sorts_decode_order_stamps(caplog):
+  clock = video_decode.PresentationClock(fps=25, window=4)
+  for s in [1, 3, 2, 5, 4, 7, 6, 8]:
+    clock.push(s / 25)
+  np.testing.assert_allclose(clock.finish(), np.arange(8) / 25)
+  assert clock.reordered and "nominal" not in caplog.text
+  clock = video_decode.PresentationClock(fps=10)
+  for s in [0.0, 0.1, 0.1, 0.3]:  # a repeated stamp: timed at the nominal rate, with a warning
+    clock.push(s)
+  np.testing.assert_allclose(clock.finish(), np.arange(4) / 10)
+  assert "nominal" in caplog.text
+
+
+def test_colour_tags_round_trip(tmp_path):
+  """The source's tags are written, and the frames converted with that matrix."""
+  frames = _frames(4, 32, 48)
+  bt601 = video.ColorInfo(primaries=6, trc=6, space=6)
+  write_video(tmp_path / "a.mp4", frames, 25, color=bt601)
+  v = read_video(tmp_path / "a.mp4")
+  assert v.color == bt601
+  assert np.abs(v.frames.astype(np.int16) - frames).mean() < 3.0
+  write_video(tmp_path / "b.mp4", frames, 25)
+  assert read_video(tmp_path / "b.mp4").color == video.ColorInfo()  # BT.709 when not given
+  with pytest.raises(VideoError, match="colour"):
+    video.ColorInfo(space=8)

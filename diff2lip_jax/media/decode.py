@@ -1,14 +1,16 @@
 """Decoding building blocks shared by `video` (read_video, open_source) and `source` (FrameSource).
 
 * `frame_to_rgb`: a decoded frame as players show it: [H, W, 3] uint8 RGB, converted with the
-  frame's own colour matrix and range, and the stream's display matrix applied (a phone video
+  frame's own colour matrix and range (BT.601 when untagged, as ffmpeg), and the stream's
+  display matrix applied (a phone video
   tagged "rotate 90" comes out upright, as `ffmpeg -i` autorotates it).
 * `PresentationClock`: presentation times of decoded frames. Decoders return frames in
   presentation order, but some containers stamp them in decode order (packed B-frame MPEG-4
   Part 2 in AVI, as DivX/XviD write it: stamps 1, 3, 2, 5, 4, ...); the stamps are sorted within
   a window of `REORDER_WINDOW` frames, which restores what players show.
 * `ColorInfo`: a stream's colour tags (primaries, transfer, matrix, range), carried from the
-  input to the output (`encode.VideoWriter(color=...)`); BT.709 limited range where unknown.
+  input to the output (`encode.VideoWriter(color=...)`); BT.709 limited range where unknown
+  (the writer converts with the matrix it tags, so the RGB frames are shown as decoded).
 * `read_still`: images (png/jpg/...) with Pillow: EXIF orientation applied, CMYK, palette,
   grey, alpha and 16-bit images converted to 8-bit RGB.
 """
@@ -137,18 +139,20 @@ class ColorInfo:
                range=_RANGE_JPEG if full else _RANGE_MPEG)
 
 
-def frame_to_rgb(frame: av.VideoFrame, color: ColorInfo | None = None) -> np.ndarray:
-  """A decoded frame as [H', W', 3] uint8 RGB, the way players show it.
+def frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
+  """A decoded frame as [H', W', 3] uint8 RGB, the way ffmpeg shows it.
 
-  YUV is converted with the frame's matrix and range (`color`, default
-  `ColorInfo.from_frame(frame)`; unknown matrix: BT.709). The display matrix's rotation
-  (`frame.rotation`, counter-clockwise degrees, a multiple of 90) is applied as ffmpeg's
-  autorotate does, so (H', W') is the size as displayed. Flips and other angles are ignored.
+  YUV is converted with the frame's own matrix and range; an untagged matrix is read as
+  BT.601 (what ffmpeg's swscale assumes, and what upstream's ffmpeg -> JPEG -> cv2 path
+  gave). The display matrix's rotation (`frame.rotation`, counter-clockwise degrees, a multiple
+  of 90) is applied as ffmpeg's autorotate does, so (H', W') is the size as displayed. Flips
+  and other angles are ignored.
   """
-  color = color or ColorInfo.from_frame(frame)
   kwargs = {}
   if not frame.format.name.startswith(("gbr", "rgb", "bgr", "gray", "pal")):
-    kwargs = dict(src_colorspace=color.sws_space, src_color_range=color.range)
+    space = _SWS_CS.get(_SPACES.get(int(frame.colorspace), 5), 5)
+    full = int(frame.color_range) == _RANGE_JPEG or frame.format.name.startswith("yuvj")
+    kwargs = dict(src_colorspace=space, src_color_range=_RANGE_JPEG if full else _RANGE_MPEG)
   rgb = frame.reformat(format="rgb24", **kwargs).to_ndarray()
   rotation = int(round(frame.rotation or 0))
   if rotation % 90 == 0 and rotation % 360 != 0:

@@ -9,9 +9,10 @@ phones):
   repeated once (one edge pixel of padding, so 549x343 is written as 550x344);
   `odd_size="yuv444p"` instead keeps the exact size in 4:4:4 (which few players play).
 * the `moov` index at the front (`+faststart`): playback starts before the download ends.
-* colour tags (primaries, transfer, matrix, range) from `color` (a source's
-  `FrameSource.color` / `Video.color`), BT.709 limited range when not given; the RGB frames are
-  converted to YUV with that same matrix, so colours survive a decode/encode round trip.
+* colour tags (primaries, transfer, matrix) from `color` (a source's `FrameSource.color` /
+  `Video.color`), BT.709 when not given, always limited range (full range would make it
+  yuvj420p); the RGB frames are converted to YUV with that same matrix and range, so they are
+  shown as they were decoded.
 * frames are upright as given: no rotation metadata is written.
 * sound: a [S] float mono array (`audio`, AAC), or the driving audio file's own track
   (`source_audio`, see `audio_track`: copied, or AAC at its own rate and channels), cut or
@@ -26,6 +27,7 @@ and a destination that is one of the inputs (`inputs`) is refused before anythin
 
 from __future__ import annotations
 
+import dataclasses
 import fractions
 import os
 import pathlib
@@ -74,7 +76,8 @@ class VideoWriter:
     odd_size: "pad" (default: repeat the last row/column up to the pixel format's chroma
       granularity) or "yuv444p" (odd sizes switch to 4:4:4 and keep their size).
     pix_fmt: the H.264 pixel format (default "yuv420p", what every player plays).
-    color: the colour tags to write and convert with (`ColorInfo`; None: BT.709 limited).
+    color: the colour tags to write and convert with (`ColorInfo`; None: BT.709); the range
+      is always limited ("tv"), full-range sources are converted.
     source_audio: an audio (or video) file whose first audio track is carried at its own rate
       and channels (`audio_track.SourceAudio`); instead of `audio`, not with it.
     audio_duration: seconds of `source_audio` to keep (cut, or padded with silence); None: the
@@ -127,7 +130,8 @@ class VideoWriter:
     self.sample_rate = int(sample_rate)
     self.crf, self.preset, self.audio_bitrate, self.odd_size = crf, preset, audio_bitrate, odd_size
     self.pix_fmt, self.threads, self.faststart = pix_fmt, int(threads), faststart
-    self.color = color if color is not None else ColorInfo()
+    # Always limited range: full-range H.264 decodes as yuvj420p, which not every player shows.
+    self.color = dataclasses.replace(color or ColorInfo(), range=1)
     self.audio_duration = audio_duration
     self.source_audio = None
     if source_audio is not None:

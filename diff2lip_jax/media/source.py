@@ -189,7 +189,7 @@ class VideoFileSource(FrameSource):
       for frame in self._frames():
         if shape is None:
           self.color = ColorInfo.from_frame(frame)
-        rgb = decode.frame_to_rgb(frame, self.color)
+        rgb = decode.frame_to_rgb(frame)
         if shape is None:
           shape = rgb.shape
         elif rgb.shape != shape:
@@ -269,7 +269,7 @@ class VideoFileSource(FrameSource):
         index = self._next_index
         self._next_index += 1
         if index >= start:
-          rgb = decode.frame_to_rgb(frame, self.color)
+          rgb = decode.frame_to_rgb(frame)
           if rgb.shape[:2] != self.size_hw:
             raise VideoError(f"{self.path}: frame {index} decoded at another size on the "
                              "second read; the file may be damaged, re-encode it")
