@@ -322,8 +322,15 @@ class Lipsyncer:
           _finish_trace(trace, frames)
         return LipsyncResult(frames=frames, fps=plan.fps, audio=out_audio, no_face=plan.no_face,
                              times=plan.out_times, scene_cuts=plan.scene_cuts)
-      with encode.VideoWriter(out_path, plan.fps, out_audio, audio_lib.SAMPLE_RATE,
-                              crf=options.crf, preset=options.x264_preset) as writer:
+      # The viewer hears the audio file itself (its rate and channels; copied where mp4 takes
+      # its codec), cut to the frames; 16 kHz mono was for the mel. Arrays are written as is.
+      audio_file = audio if isinstance(audio, (str, os.PathLike)) else None
+      with encode.VideoWriter(out_path, plan.fps, None if audio_file else out_audio,
+                              audio_lib.SAMPLE_RATE, crf=options.crf,
+                              preset=options.x264_preset, color=source.color,
+                              source_audio=audio_file, audio_duration=plan.duration,
+                              inputs=[v for v in (video, audio) if isinstance(
+                                  v, (str, os.PathLike))]) as writer:
         for frames, times in chunks:
           writer.write(frames, times if plan.vfr else None)
         if on_progress:
