@@ -374,6 +374,14 @@ def test_checks_fail_in_the_first_pass(corpus, tmp_path):
     encode.VideoWriter(corpus["vfr.mp4"], 25, inputs=[corpus["vfr.mp4"]])
   with pytest.raises(VideoError, match="also an input"):
     encode.VideoWriter(corpus["speech.m4a"], 25, source_audio=corpus["speech.m4a"])
+  for kwargs, message in [(dict(source_audio=corpus["vfr.mp4"]), "no audio stream"),
+                          (dict(inputs=[corpus["vfr.mp4"]]), "also an input"),
+                          (dict(pix_fmt="rgb9"), "pix_fmt")]:
+    path = corpus["vfr.mp4"] if "inputs" in kwargs else tmp_path / "p.mp4"
+    with pytest.raises(VideoError, match=message):
+      encode.preflight(path, **kwargs)
+  encode.preflight(tmp_path / "new" / "p.mp4", source_audio=corpus["speech.opus"])
+  assert not (tmp_path / "new").exists()  # preflight writes nothing
   assert corpus["vfr.mp4"].stat().st_size > 0
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import fractions
 import os
-import pathlib
 import uuid
 from typing import Literal, Sequence
 
@@ -39,11 +38,12 @@ import numpy as np
 
 from diff2lip_jax.media import audio_track
 from diff2lip_jax.media.decode import TIME_BASE, ColorInfo, VideoError
-from diff2lip_jax.media.encode_args import (check_audio, check_frames, chroma_unit, fit_audio,
-                                            fps_fraction, is_constant_rate, same_file)
+from diff2lip_jax.media.encode_args import (check_audio, check_destination, check_frames,
+                                            chroma_unit, fit_audio, fps_fraction,
+                                            is_constant_rate)
 
-__all__ = ["VideoWriter", "write_video", "fit_audio", "is_constant_rate", "VFR_TIME_BASE",
-           "ColorInfo"]
+__all__ = ["VideoWriter", "write_video", "preflight", "fit_audio", "is_constant_rate",
+           "VFR_TIME_BASE", "ColorInfo"]
 
 # Container suffixes that get `movflags=+faststart`.
 _MP4_SUFFIXES = frozenset({".mp4", ".mov", ".m4v"})
@@ -116,14 +116,7 @@ class VideoWriter:
     if audio_duration is not None and not (np.isfinite(audio_duration) and audio_duration > 0):
       raise VideoError(f"audio_duration must be a positive number of seconds, got "
                        f"{audio_duration}")
-    self.path = pathlib.Path(path)
-    guarded = list(inputs) + ([source_audio] if source_audio is not None else [])
-    for other in guarded:
-      if same_file(self.path, other):
-        raise VideoError(f"the output {self.path} is also an input ({other}); choose another "
-                         "output path")
-    if self.path.is_dir():
-      raise VideoError(f"the output {self.path} is a folder; give a file name such as out.mp4")
+    self.path = check_destination(path, [*inputs, source_audio])
     self._pad_unit = chroma_unit(pix_fmt)
     self.rate = fps_fraction(fps)
     self.audio = audio
@@ -311,6 +304,21 @@ class VideoWriter:
       self._container = None
     if self._tmp.exists():
       self._tmp.unlink()
+
+
+def preflight(path: str | os.PathLike, *, source_audio: str | os.PathLike | None = None,
+              inputs: Sequence[str | os.PathLike] = (), pix_fmt: str = "yuv420p") -> None:
+  """The checks of `VideoWriter(path, ...)` that need no frames, run now and writing nothing:
+  call it before expensive work so that a bad destination or audio file fails at once.
+
+  Raises:
+    VideoError: `path` is a folder or one of `inputs` / `source_audio`; unknown `pix_fmt`;
+      `source_audio` missing, without an audio stream, or not encodable.
+  """
+  check_destination(path, [*inputs, source_audio])
+  chroma_unit(pix_fmt)
+  if source_audio is not None:
+    audio_track.SourceAudio(source_audio).close()
 
 
 def write_video(path: str | os.PathLike,

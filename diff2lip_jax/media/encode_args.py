@@ -15,7 +15,7 @@ import numpy as np
 from diff2lip_jax.media.decode import VideoError
 
 __all__ = ["fps_fraction", "check_frames", "check_audio", "is_constant_rate", "fit_audio",
-           "same_file", "chroma_unit"]
+           "same_file", "check_destination", "chroma_unit"]
 
 
 def fps_fraction(fps: float | fractions.Fraction) -> fractions.Fraction:
@@ -71,6 +71,19 @@ def same_file(a: pathlib.Path, b: str | os.PathLike) -> bool:
     return a.exists() and pathlib.Path(b).exists() and os.path.samefile(a, b)
   except OSError:
     return False
+
+
+def check_destination(path: str | os.PathLike, inputs=()) -> pathlib.Path:
+  """`path` as an output file: refused if it is a folder or names one of `inputs` (files that
+  must never be replaced, e.g. the source video and audio)."""
+  path = pathlib.Path(path)
+  for other in inputs:
+    if other is not None and same_file(path, other):
+      raise VideoError(f"the output {path} is also an input ({other}); choose another output "
+                       "path")
+  if path.is_dir():
+    raise VideoError(f"the output {path} is a folder; give a file name such as out.mp4")
+  return path
 
 
 def chroma_unit(pix_fmt: str) -> tuple[int, int]:
