@@ -248,10 +248,13 @@ class PresentationClock:
     ticks = np.round(t / float(TIME_BASE))
     if t.size and np.all(np.isfinite(t)) and np.all(np.diff(ticks) > 0):
       return t - t[0]
-    reason = ("some frames have no time stamp" if not np.all(np.isfinite(t))
-              else "time stamps repeat or go back")
-    logging.warning("%s: %s; frames timed at the nominal %.3f fps instead", source, reason,
-                    self.fps)
+    if not self.stamps:  # a raw stream (.h264, .m4v): no time stamps to expect
+      logging.info("%s: no time stamps; frames timed at %.3f fps", source, self.fps)
+    else:
+      reason = ("some frames have no time stamp" if not np.all(np.isfinite(t))
+                else "time stamps repeat or go back")
+      logging.warning("%s: %s; frames timed at the nominal %.3f fps instead", source, reason,
+                      self.fps)
     return np.arange(t.size, dtype=np.float64) / self.fps
 
 
