@@ -199,6 +199,7 @@ class PresentationClock:
     self._raw: list[float | None] = []
     self._out: list[float] = []
     self._t0: float | None = None
+    self._missing = False
 
   def push(self, stamp: float | None) -> None:
     """Adds the next decoded frame's stamp (seconds, or None when the decoder gave none)."""
@@ -216,11 +217,17 @@ class PresentationClock:
     return self.pending > self.window
 
   def pop(self) -> float:
-    """The next frame's time in seconds relative to the first frame (NaN if unknown)."""
-    stamp = heapq.heappop(self._heap) if self._heap else float("nan")
-    if self._t0 is None and np.isfinite(stamp):
-      self._t0 = stamp
-    t = stamp - (self._t0 if self._t0 is not None else 0.0)
+    """The next frame's time in seconds relative to the first frame (one frame at the
+    nominal rate after the previous one where stamps are missing)."""
+    if self._heap:
+      stamp = heapq.heappop(self._heap)
+      if self._t0 is None:
+        self._t0 = stamp - (self._out[-1] + 1 / self.fps if self._out else 0.0)
+      t = stamp - self._t0
+    else:
+      self._missing = True
+      t = (len(self._out) / self.fps if self._t0 is None  # no stamp yet: i / fps exactly
+           else self._out[-1] + 1 / self.fps)
     self._out.append(t)
     return t
 
@@ -246,12 +253,12 @@ class PresentationClock:
       self.pop()
     t = np.asarray(self._out, np.float64)
     ticks = np.round(t / float(TIME_BASE))
-    if t.size and np.all(np.isfinite(t)) and np.all(np.diff(ticks) > 0):
+    if t.size and not self._missing and np.all(np.diff(ticks) > 0):
       return t - t[0]
     if not self.stamps:  # a raw stream (.h264, .m4v): no time stamps to expect
       logging.info("%s: no time stamps; frames timed at %.3f fps", source, self.fps)
     else:
-      reason = ("some frames have no time stamp" if not np.all(np.isfinite(t))
+      reason = ("some frames have no time stamp" if self._missing
                 else "time stamps repeat or go back")
       logging.warning("%s: %s; frames timed at the nominal %.3f fps instead", source, reason,
                       self.fps)
