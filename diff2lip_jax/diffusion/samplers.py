@@ -13,19 +13,21 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from diff2lip_jax.diffusion import gaussian
+from diff2lip_jax.diffusion import gaussian, solvers
 from diff2lip_jax.diffusion.schedule import Diffusion
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def sample_loop(d: Diffusion, model_fn: ModelFn, x_T: jax.Array, *, use_ddim: bool = True,
-                eta: float = 0.0, clip_denoised: bool = True,
+def sample_loop(d: Diffusion | solvers.SolverPlan, model_fn: ModelFn, x_T: jax.Array, *,
+                use_ddim: bool = True, eta: float = 0.0, clip_denoised: bool = True,
                 rng: Optional[jax.Array] = None) -> jax.Array:
   """Runs the reverse process over all steps of `d`, from t = T'-1 down to 0.
 
   Args:
-    d: the (respaced) diffusion, e.g. `make_diffusion(timestep_respacing="ddim25")`.
+    d: the (respaced) diffusion, e.g. `make_diffusion(timestep_respacing="ddim25")`; or a
+      `solvers.SolverPlan` (DPM-Solver++(2M), UniPC: `solvers.make_plan`), which runs
+      `solvers.solve` (deterministic ODE solvers: `use_ddim`, `eta` and `rng` are ignored).
     model_fn: the denoiser, called with original-grid timesteps `d.timestep_map[t]`.
     x_T: [N, H, W, C] initial noise (Diff2Lip shares one draw across all frames of a video).
     use_ddim: DDIM (Song et al. 2021, eq. 12) if True, else ancestral sampling with the learned
@@ -40,6 +42,8 @@ def sample_loop(d: Diffusion, model_fn: ModelFn, x_T: jax.Array, *, use_ddim: bo
   Raises:
     ValueError: `rng` missing where noise is needed.
   """
+  if isinstance(d, solvers.SolverPlan):
+    return solvers.solve(d, model_fn, x_T, clip_denoised=clip_denoised)
   stochastic = not use_ddim or eta > 0
   if stochastic and rng is None:
     raise ValueError("rng is required for ancestral sampling or DDIM with eta > 0")
