@@ -105,7 +105,8 @@ def resize_linear_cv2(image: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     return img.copy()
   x = img.astype(np.int64)
   if (h, w) == (2 * oh, 2 * ow):
-    return ((x[0::2, 0::2] + x[0::2, 1::2] + x[1::2, 0::2] + x[1::2, 1::2] + 2) >> 2).astype(np.uint8)
+    quad = x[0::2, 0::2] + x[0::2, 1::2] + x[1::2, 0::2] + x[1::2, 1::2]
+    return ((quad + 2) >> 2).astype(np.uint8)
   x0, x1, a = _linear_taps(w, ow, clamp=True)
   y0, y1, b = _linear_taps(h, oh, clamp=False)
   extra = (1,) * (img.ndim - 2)
@@ -116,8 +117,11 @@ def resize_linear_cv2(image: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
 
 
 def prepare_frames(frames: np.ndarray, size: int = FRAME_SIZE) -> np.ndarray:
-  """[N, H, W, 3] uint8 RGB -> [N, size, size, 3] uint8 BGR (`cv2.resize`, bit exact)."""
+  """[N, H, W, 3] uint8 RGB -> [N, size, size, 3] uint8 BGR (`cv2.resize`, bit exact). Other
+  dtypes are taken as values in [0, 255], rounded and clipped to uint8 first."""
   frames = np.asarray(frames)
+  if frames.dtype != np.uint8:
+    frames = np.clip(np.round(frames), 0, 255).astype(np.uint8)
   out = np.empty((len(frames), size, size, 3), np.uint8)
   for i, f in enumerate(frames):
     out[i] = resize_linear_cv2(f, (size, size))[..., ::-1]
@@ -167,7 +171,8 @@ def _jpeg_encoder(width: int, height: int, rate: Fraction) -> av.CodecContext:
   """PyAV's mjpeg encoder set as `ffmpeg -threads 1 -f image2 %06d.jpg` sets it (fftools
   ffmpeg.c `init_output_stream_encode`): yuvj420p, time base 1/frame rate and frame rate (the
   rate control's bits per frame = bit rate / frame rate), 200 kb/s, qmin 2, qmax 31, one
-  thread; with these the JPEG quantiser rises 4 -> 25 over a 224x224 clip as upstream's does."""
+  thread. Its JPEGs decode bit-identically to the CLI's on both reference clips (the rate
+  control takes the quantiser 4 -> 25 over the 224x224 one)."""
   enc = av.CodecContext.create("mjpeg", "w")
   enc.width, enc.height, enc.pix_fmt = width, height, "yuvj420p"
   enc.time_base, enc.framerate = 1 / rate, rate
@@ -187,9 +192,11 @@ def _decode_jpeg(packet: bytes) -> np.ndarray:
 
 
 def _upstream_frames(container: av.container.InputContainer, path: str) -> np.ndarray:
+  """[N, H, W, 3] uint8 RGB: every frame of the first video stream through the JPEG round trip."""
   if not container.streams.video:
     raise VideoError(f"{path} has no video stream; LSE needs a video with its audio track")
   stream = container.streams.video[0]
+  # The CLI's encoder rate: the filter graph's, av_guess_frame_rate of the input stream.
   rate = stream.guessed_rate or stream.average_rate or Fraction(25)
   enc, frames = None, []
   try:
@@ -208,6 +215,7 @@ def _upstream_frames(container: av.container.InputContainer, path: str) -> np.nd
 
 
 def _upstream_audio(container: av.container.InputContainer, path: str) -> np.ndarray:
+  """[S] float32: the first audio stream as 16 kHz mono int16 (libswresample) / 32768."""
   if not container.streams.audio:
     raise AudioError(f"{path} has no audio stream; LSE scores a video against its own audio")
   resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
@@ -232,7 +240,7 @@ def load_upstream_inputs(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarra
 
   * frames: `ffmpeg -y -i clip -threads 1 -f image2 %06d.jpg`, read back with `cv2.imread`:
     every decoded frame is converted to yuvj420p (`_to_yuvj420p`), JPEG-encoded with the CLI's
-    default mjpeg rate control (`_jpeg_encoder`; lossy, ~29 dB) and decoded (`_decode_jpeg`).
+    default mjpeg rate control (`_jpeg_encoder`; lossy: ~29 dB PSNR) and decoded (`_decode_jpeg`).
     One JPEG per decoded frame (the CLI's constant-frame-rate sync would duplicate or drop
     frames of variable-rate videos); display rotation is ignored (the CLI would apply it).
   * audio: `ffmpeg -y -i clip -async 1 -ac 1 -vn -acodec pcm_s16le -ar 16000`: the first
@@ -293,8 +301,9 @@ class SyncScorer:
 
   `weights`: see `load_syncnet`."""
 
-  def __init__(self, weights: str | os.PathLike | Mapping[str, Any] = RANDOM, batch_size: int = 20,
-               vshift: int = metrics.LSE_VSHIFT, mesh: Optional[jax.sharding.Mesh] = None):
+  def __init__(self, weights: str | os.PathLike | Mapping[str, Any] = RANDOM,
+               batch_size: int = 20, vshift: int = metrics.LSE_VSHIFT,
+               mesh: Optional[jax.sharding.Mesh] = None):
     self.model, variables = load_syncnet(weights)
     self.mesh = mesh or sharding.local_mesh()
     self.variables = sharding.replicate(variables, self.mesh)
