@@ -355,3 +355,13 @@ def test_colour_tags_round_trip(tmp_path):
   assert read_video(tmp_path / "b.mp4").color == video.ColorInfo()  # BT.709 when not given
   with pytest.raises(VideoError, match="colour"):
     video.ColorInfo(space=8)
+
+
+def test_missing_folder_created_only_when_writing(tmp_path):
+  out = tmp_path / "new" / "deeper" / "x.mp4"
+  with pytest.raises(RuntimeError):
+    with encode.VideoWriter(out, 25):
+      raise RuntimeError("failed before the first frame")
+  assert not (tmp_path / "new").exists()
+  write_video(out, _frames(3, 16, 16), 25)
+  assert read_video(out).num_frames == 3

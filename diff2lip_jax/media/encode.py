@@ -65,7 +65,8 @@ class VideoWriter:
         # or w.write(chunk, times)     # [n] seconds: variable frame rate, 90 kHz time base
 
   Args:
-    path: output file (`.mp4` recommended); missing parent folders are created.
+    path: output file (`.mp4` recommended); missing parent folders are created with the first
+      frame.
     fps: nominal frame rate (float or exact `fractions.Fraction`); constant-rate frames get pts
       i/fps in time base 1/fps.
     audio: None, or [S] float mono samples in [-1, 1] at `sample_rate`, written in full as AAC
@@ -140,7 +141,6 @@ class VideoWriter:
     self._last_pts = -1
     self._end = 0.0  # end of the last frame written, seconds
     self._closed = False
-    self.path.parent.mkdir(parents=True, exist_ok=True)
     self._tmp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:8]}.part"
                                     f"{self.path.suffix}")
 
@@ -156,6 +156,7 @@ class VideoWriter:
   def _open(self, h: int, w: int, vfr: bool) -> None:
     options = {"movflags": "+faststart"} if (
         self.faststart and self.path.suffix.lower() in _MP4_SUFFIXES) else {}
+    self.path.parent.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     try:
       self._container = av.open(str(self._tmp), mode="w", container_options=options)
     except (av.error.FFmpegError, ValueError) as e:
