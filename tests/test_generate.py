@@ -145,7 +145,7 @@ def bad_inputs(tmp_path_factory, speech, small_checkpoint):
     ("garbage.mp4", "SPEECH", "CKPT", "garbage.mp4"),
     ("FACE", "short.wav", "CKPT", "need >= 0.20 s"),
     ("FACE", "empty.wav", "CKPT", "empty.wav"),
-    ("FACE", "SPEECH", "missing_ckpt", "not found"),
+    ("FACE", "SPEECH", "missing_ckpt", "is not a model"),
     ("FACE", "SPEECH", "wrong_ckpt", "does not match"),
 ])
 def test_cli_bad_inputs(bad_inputs, speech, small_checkpoint, tmp_path, video, audio, ckpt,

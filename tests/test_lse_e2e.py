@@ -15,6 +15,7 @@ import scipy.io.wavfile
 from PIL import Image
 
 from diff2lip_jax.evaluation import lse
+from diff2lip_jax.inference.crops import resize_bilinear
 from diff2lip_jax.media.audio import AudioError
 from diff2lip_jax.media.video import VideoError
 
@@ -73,25 +74,23 @@ def test_score_file_matches_upstream(clip, scorer, expected, upstream_dir, monke
   np.testing.assert_allclose(dists.mean(0), mdist, rtol=1e-6)
 
 
-def test_resize_linear_cv2_matches_cv2_values():
+def test_resize_bilinear_is_cv2_values():
   """Outputs of cv2.resize (opencv-python-headless 5.0.0, INTER_LINEAR) on small arrays."""
   x = (np.arange(12).reshape(3, 4) * 23 % 256).astype(np.uint8)
-  np.testing.assert_array_equal(lse.resize_linear_cv2(x, (5, 7)), [
+  np.testing.assert_array_equal(resize_bilinear(x, (5, 7)), [
       [0, 8, 21, 34, 48, 61, 69], [37, 45, 58, 71, 84, 97, 106], [92, 100, 113, 127, 140, 153, 161],
       [147, 155, 168, 182, 195, 208, 216], [184, 192, 205, 218, 232, 245, 253]])
-  np.testing.assert_array_equal(lse.resize_linear_cv2(x, (2, 3)), [[27, 57, 88], [165, 195, 226]])
-  np.testing.assert_array_equal(lse.resize_linear_cv2(x, (4, 2)),
+  np.testing.assert_array_equal(resize_bilinear(x, (2, 3)), [[27, 57, 88], [165, 195, 226]])
+  np.testing.assert_array_equal(resize_bilinear(x, (4, 2)),
                                 [[11, 57], [69, 115], [138, 184], [195, 241]])
   # Exactly half size: cv2 takes its INTER_AREA fast path, (sum + 2) >> 2 (2/4 -> 1).
   z = np.array([[0, 1, 5, 6], [1, 0, 6, 5]], np.uint8)
-  np.testing.assert_array_equal(lse.resize_linear_cv2(z, (1, 2)), [[1, 6]])
+  np.testing.assert_array_equal(resize_bilinear(z, (1, 2)), [[1, 6]])
   rgb = np.stack([x, x // 2, 255 - x], -1)
-  out = lse.resize_linear_cv2(rgb, (5, 7))
+  out = resize_bilinear(rgb, (5, 7))
   assert out.shape == (5, 7, 3) and out.dtype == np.uint8
-  np.testing.assert_array_equal(out[..., 0], lse.resize_linear_cv2(x, (5, 7)))
-  np.testing.assert_array_equal(lse.resize_linear_cv2(rgb, (3, 4)), rgb)
-  with pytest.raises(ValueError):
-    lse.resize_linear_cv2(x.astype(np.float32), (5, 7))
+  np.testing.assert_array_equal(out[..., 0], resize_bilinear(x, (5, 7)))
+  np.testing.assert_array_equal(resize_bilinear(rgb, (3, 4)), rgb)
 
 
 def _yuv420p_frame(y: np.ndarray, uv: np.ndarray, color_range: int) -> av.VideoFrame:

@@ -3,7 +3,7 @@
 What syncnet_python's `SyncNetInstance.evaluate` does (in Wav2Lip's `evaluation/scores_LSE`
 variant, which resizes every frame to 224x224), reproduced on arrays:
 
-1. frames: BGR uint8 (cv2), resized to 224x224 with `cv2.resize` (`resize_linear_cv2`, bit
+1. frames: BGR uint8 (cv2), resized to 224x224 with `cv2.resize` (`crops.resize_bilinear`, bit
    exact), as float in [0, 255]. Upstream reads them back from JPEGs that ffmpeg extracted:
    `load_upstream_inputs` / `SyncScorer.score_file` redo that round trip; `SyncScorer(frames,
    wav)` takes the frames as given;
@@ -38,6 +38,7 @@ from diff2lip_jax import sharding
 from diff2lip_jax.media.audio import AudioError
 from diff2lip_jax.media.video import VideoError
 from diff2lip_jax.evaluation import metrics
+from diff2lip_jax.inference import crops
 from diff2lip_jax.models import syncnet
 
 RANDOM = "random"
@@ -62,60 +63,6 @@ def mfcc(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
   return np.asarray(python_speech_features.mfcc(pcm, sample_rate), np.float32).T
 
 
-def _linear_taps(src: int, dst: int, clamp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """cv2's INTER_LINEAR taps along one axis (imgproc/resize.cpp, fixed-point 8U path): float32
-  position f = (d + 0.5) * src / dst - 0.5, weights rint((1 - frac, frac) * 2048) as int16;
-  columns (`clamp`) pin positions outside [0, src - 1] to the edge with weight (2048, 0), rows
-  keep the weights and clip the tap rows instead. Returns (tap0, tap1, weights [dst, 2])."""
-  scale = 1.0 / (dst / src)
-  f = ((np.arange(dst) + 0.5) * scale - 0.5).astype(np.float32)
-  s = np.floor(f).astype(np.int64)
-  f = f - s.astype(np.float32)
-  if clamp:
-    edge = (s < 0) | (s >= src - 1)
-    f[edge] = 0
-    s = np.clip(s, 0, src - 1)
-  w = np.rint(np.stack([np.float32(1) - f, f], -1) * np.float32(_COEF_SCALE)).astype(np.int64)
-  return np.clip(s, 0, src - 1), np.clip(s + 1, 0, src - 1), w
-
-
-def resize_linear_cv2(image: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-  """`cv2.resize(image, (W, H))` (INTER_LINEAR) on uint8, bit exact (measured on 160->224
-  against opencv-python 5.0: 0 of 12M values differ).
-
-  Integer arithmetic of cv2's fixed-point path: rows are resized horizontally to int sums
-  S = p0 * a0 + p1 * a1 (weights of `_linear_taps`, 2048 = 1), then vertically as
-  (((b0 * (S0 >> 4)) >> 16) + ((b1 * (S1 >> 4)) >> 16) + 2) >> 2. Same size: a copy; exactly
-  half size: cv2's INTER_AREA fast path ((sum of 2x2 + 2) >> 2), which cv2 switches to.
-
-  Args:
-    image: [h, w, C] or [h, w] uint8.
-    out_hw: (H, W) in pixels.
-
-  Returns:
-    [H, W(, C)] uint8.
-  """
-  img = np.asarray(image)
-  if img.dtype != np.uint8 or img.ndim not in (2, 3):
-    raise ValueError(f"expected an [h, w(, C)] uint8 image, got {img.dtype} {img.shape}")
-  (h, w), (oh, ow) = img.shape[:2], (int(out_hw[0]), int(out_hw[1]))
-  if min(h, w, oh, ow) < 1:
-    raise ValueError(f"cannot resize {img.shape[:2]} to {(oh, ow)}")
-  if (h, w) == (oh, ow):
-    return img.copy()
-  x = img.astype(np.int64)
-  if (h, w) == (2 * oh, 2 * ow):
-    quad = x[0::2, 0::2] + x[0::2, 1::2] + x[1::2, 0::2] + x[1::2, 1::2]
-    return ((quad + 2) >> 2).astype(np.uint8)
-  x0, x1, a = _linear_taps(w, ow, clamp=True)
-  y0, y1, b = _linear_taps(h, oh, clamp=False)
-  extra = (1,) * (img.ndim - 2)
-  rows = x[:, x0] * a[:, 0].reshape((1, -1) + extra) + x[:, x1] * a[:, 1].reshape((1, -1) + extra)
-  b0, b1 = (b[:, k].reshape((-1, 1) + extra) for k in (0, 1))
-  out = (((b0 * (rows[y0] >> 4)) >> 16) + ((b1 * (rows[y1] >> 4)) >> 16) + 2) >> 2
-  return np.clip(out, 0, 255).astype(np.uint8)
-
-
 def prepare_frames(frames: np.ndarray, size: int = FRAME_SIZE) -> np.ndarray:
   """[N, H, W, 3] uint8 RGB -> [N, size, size, 3] uint8 BGR (`cv2.resize`, bit exact). Other
   dtypes are taken as values in [0, 255], rounded and clipped to uint8 first."""
@@ -124,7 +71,7 @@ def prepare_frames(frames: np.ndarray, size: int = FRAME_SIZE) -> np.ndarray:
     frames = np.clip(np.round(frames), 0, 255).astype(np.uint8)
   out = np.empty((len(frames), size, size, 3), np.uint8)
   for i, f in enumerate(frames):
-    out[i] = resize_linear_cv2(f, (size, size))[..., ::-1]
+    out[i] = crops.resize_bilinear(f, (size, size))[..., ::-1]
   return out
 
 

@@ -38,6 +38,9 @@ from diff2lip_jax.models.inception import FID_DIM
 
 SUMMARY_KEYS = ("fid", "ssim", "psnr", "lmd", "lse_c", "lse_d")
 EXTRA_KEYS = ("ssim_mouth", "psnr_mouth")
+# upstream: the written mp4 as Wav2Lip's scores_LSE feeds syncnet_python (JPEG round trip, the
+# mp4's own audio track); direct: the decoded frames and the driving audio.
+LSE_PROTOCOLS = ("upstream", "direct")
 
 
 class EvaluationError(ValueError):
@@ -159,6 +162,9 @@ class Scorer:
                               "pipeline check with meaningless scores)")
     self.inception, self.sync = _networks(m, mesh)
     self.lmd = bool(m.lmd)
+    if m.lse_protocol not in LSE_PROTOCOLS:
+      raise EvaluationError(f"config.metrics.lse_protocol must be one of {LSE_PROTOCOLS}, got "
+                            f"{m.lse_protocol!r}")
     self._local = threading.local()  # one dlib landmark detector per worker thread
 
   def landmarks(self, crops: np.ndarray) -> np.ndarray:
@@ -229,8 +235,11 @@ class Scorer:
     np.savez(tmp, real=feats_real.astype(np.float16), fake=feats_gen.astype(np.float16))
     os.replace(tmp, paths.feature_file(pair))
     record["fid_frames"] = int(len(feats_gen))
-    lse = self.sync(loaded["gen_frames"], loaded["wav"])
-    record.update(lse or {"lse_windows": 0})
+    if self.cfg.metrics.lse_protocol == "upstream":  # the mp4 as syncnet_python reads it
+      sync = self.sync.score_file(record["generated"])
+    else:                                            # the decoded frames and driving audio
+      sync = self.sync(loaded["gen_frames"], loaded["wav"])
+    record.update(sync or {"lse_windows": 0})
     return record
 
   def run(self, setting: str, pairs: Sequence[Pair], paths: SettingPaths,

@@ -2,14 +2,15 @@
 
 Boxes are `[x1, y1, x2, y2]` integer pixels, x2/y2 exclusive: the crop is `frame[y1:y2, x1:x2]`
 resized to 128x128 with bilinear interpolation on OpenCV's `INTER_LINEAR` grid (upstream
-`cv2.resize`; spec §4.2, §5 step 4). The resize here is NumPy: same geometry as OpenCV, which
-differs only by its 11-bit fixed-point weights (at most one grey level).
+`cv2.resize`; spec §4.2, §5 step 4), here OpenCV's own resize (opencv-python-headless), so the
+crops and pastes are bit-exact with upstream's.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 from diff2lip_jax.inference.faces import as_boxes
@@ -17,33 +18,23 @@ from diff2lip_jax.inference.faces import as_boxes
 __all__ = ["resize_bilinear", "crop_faces", "paste_faces", "voxceleb2_box"]
 
 
-def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Source indices i0, i1 and weight of i1 for cv2-style INTER_LINEAR along one axis."""
-  scale = in_size / out_size
-  src = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
-  i0 = np.floor(src).astype(np.int64)
-  frac = src - i0
-  low = i0 < 0
-  i0[low], frac[low] = 0, 0.0
-  high = i0 >= in_size - 1
-  i0[high], frac[high] = in_size - 1, 0.0
-  i1 = np.minimum(i0 + 1, in_size - 1)
-  return i0, i1, frac
-
-
 def resize_bilinear(image: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-  """Bilinear resize of one image on OpenCV's `INTER_LINEAR` grid.
+  """Bilinear resize of one image: OpenCV's `cv2.resize(img, (w, h))` (`INTER_LINEAR`), what
+  upstream uses for the 128x128 crop, the paste-back and syncnet_python's 224x224 frames.
 
-  Output pixel d samples source coordinate (d + 0.5) * in/out - 0.5, clamped at the
-  borders; no antialiasing when shrinking (as `cv2.resize(img, (w, h))`, which upstream
-  uses for the 128x128 crop and for the paste-back).
+  Output pixel d samples source coordinate (d + 0.5) * in/out - 0.5, clamped at the borders; no
+  antialiasing when shrinking; uint8 images use OpenCV's 11-bit fixed-point weights, so the
+  result is bit-exact with upstream's (checked against `../shared/upstream/e2e_small.npz`).
 
   Args:
     image: [h, w, C] (or [h, w]) uint8 or float.
     out_hw: (H, W) output size in pixels.
 
   Returns:
-    [H, W, C] (or [H, W]) in the input dtype (uint8 is rounded to nearest and clipped).
+    [H, W, C] (or [H, W]) in the input dtype.
+
+  Raises:
+    ValueError: an empty input or output size.
   """
   img = np.asarray(image)
   out_h, out_w = int(out_hw[0]), int(out_hw[1])
@@ -51,17 +42,13 @@ def resize_bilinear(image: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     raise ValueError(f"cannot resize {img.shape[:2]} to {(out_h, out_w)}")
   if img.shape[:2] == (out_h, out_w):
     return img.copy()
-  y0, y1, fy = _linear_taps(img.shape[0], out_h)
-  x0, x1, fx = _linear_taps(img.shape[1], out_w)
-  x = img.astype(np.float32)
-  extra = (1,) * (img.ndim - 2)
-  fy = fy.astype(np.float32).reshape((-1, 1) + extra)
-  fx = fx.astype(np.float32).reshape((1, -1) + extra)
-  rows = x[y0] * (1.0 - fy) + x[y1] * fy
-  out = rows[:, x0] * (1.0 - fx) + rows[:, x1] * fx
-  if img.dtype == np.uint8:
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-  return out.astype(img.dtype)
+  dtype = img.dtype
+  if dtype not in (np.uint8, np.float32):
+    img = img.astype(np.float32)
+  out = cv2.resize(np.ascontiguousarray(img), (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+  if img.ndim == 3 and out.ndim == 2:  # OpenCV drops a single channel axis
+    out = out[..., None]
+  return out.astype(dtype, copy=False)
 
 
 def _check_box(box: np.ndarray, h: int, w: int, i: int) -> tuple[int, int, int, int]:
