@@ -12,8 +12,8 @@ Presets:
 * `"upstream"`: upstream `generate.py` as its scripts run it (spec §4-5), for evaluation and
   parity: S3FD boxes (highest score per frame, no tracking or scene cuts), pads 0, the 5-frame box
   smoothing, hard paste, float32, frames up to the last full 16-step window of the *unpadded*
-  mel (N = min(#frames, #windows)), uint8 by truncation, libx264 CRF 23 (torchvision's
-  `write_video` default), upstream's initial-noise rule (`init_noise="torch"`:
+  mel (N = min(#frames, #windows)), uint8 by truncation, libx264 CRF 23 and the 16 kHz mono audio
+  (torchvision's `write_video` as upstream calls it), upstream's initial-noise rule (`init_noise="torch"`:
   `torch.manual_seed(seed); torch.randn(1, 3, 128, 128)`; JAX noise with a warning where torch is
   not installed) unless a noise is given.
 """
@@ -34,6 +34,7 @@ INPUT_TYPES = ("gt", "first_frame")   # upstream --sampling_input_type / --sampl
 CROPS = ("detect", "voxceleb2")       # detected boxes, or upstream's fixed VoxCeleb2 crop
 ENDS = ("padded", "last_full_window")
 UINT8 = ("round", "truncate")
+OUTPUT_AUDIO = ("source", "16k_mono")
 BLENDS = ("feather", "hard")
 AUDIO_LONGER = ("pingpong", "trim")
 
@@ -78,6 +79,8 @@ class LipsyncOptions:
     color_match: match the generated lower face's colour statistics (feather).
     uint8: "round" or "truncate" (upstream) when the [-1, 1] crop becomes pixels.
     crf, x264_preset: libx264 quality (upstream's writer: CRF 23, medium).
+    output_audio: "source" (the driving audio file's own sound, its rate and channels) or
+      "16k_mono" (the 16 kHz mono resample the mel is computed from, as upstream writes).
     progress: tqdm bars.
   """
 
@@ -113,6 +116,7 @@ class LipsyncOptions:
   uint8: str = "round"
   crf: int = 18
   x264_preset: str = "medium"
+  output_audio: str = "source"
   progress: bool = True
 
   @classmethod
@@ -128,7 +132,8 @@ class LipsyncOptions:
     if name == "upstream":
       base = dict(detector="s3fd", pads=(0, 0, 0, 0), face="score", scene_cut_threshold=2.0,
                   blend="hard", dtype="float32", end="last_full_window", audio_longer="trim",
-                  uint8="truncate", crf=23, crossfade_frames=0, init_noise="torch")
+                  uint8="truncate", crf=23, crossfade_frames=0, init_noise="torch",
+                  output_audio="16k_mono")
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
@@ -143,6 +148,7 @@ class LipsyncOptions:
                           ("sampling_input_type", INPUT_TYPES),
                           ("sampling_ref_type", INPUT_TYPES), ("end", ENDS), ("uint8", UINT8),
                           ("blend", BLENDS), ("audio_longer", AUDIO_LONGER),
+                          ("output_audio", OUTPUT_AUDIO),
                           ("dtype", ("auto", "float32", "bfloat16"))):
       if getattr(self, name) not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}; got "

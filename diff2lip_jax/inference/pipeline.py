@@ -324,7 +324,8 @@ class Lipsyncer:
                              times=plan.out_times, scene_cuts=plan.scene_cuts)
       # The viewer hears the audio file itself (its rate and channels; copied where mp4 takes
       # its codec), cut to the frames; 16 kHz mono was for the mel. Arrays are written as is.
-      audio_file = audio if isinstance(audio, (str, os.PathLike)) else None
+      audio_file = (audio if isinstance(audio, (str, os.PathLike))
+                    and options.output_audio == "source" else None)
       with encode.VideoWriter(out_path, plan.fps, None if audio_file else out_audio,
                               audio_lib.SAMPLE_RATE, crf=options.crf,
                               preset=options.x264_preset, color=source.color,
