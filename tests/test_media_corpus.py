@@ -252,7 +252,7 @@ def corpus(tmp_path_factory):
   add("fps120.mkv", _encode, m, fps=120)
   add("vp9.webm", _encode, m, codec="libvpx-vp9", options={"deadline": "realtime",
                                                             "cpu-used": "8"})
-  add("prores_like.mov", _encode, m, codec="mpeg4")
+  add("mpeg4.mov", _encode, m, codec="mpeg4")
   add("raw.h264", _encode, m, fmt="h264", options={"bf": "2"})  # no time stamps at all
   sec = 12 / 25
   add("speech.mp3", _make_audio, "libmp3lame", 44100, "stereo", sec)
@@ -266,7 +266,7 @@ def corpus(tmp_path_factory):
 
 VIDEO_CASES = ["packed_bframes.avi", "bframes.avi", "rot90.mp4", "rot270_hevc10.mov",
                "odd_55x37.mp4", "bt601_full.mp4", "vfr.mp4", "fps60.mp4", "fps120.mkv",
-               "vp9.webm", "prores_like.mov", "raw.h264"]
+               "vp9.webm", "mpeg4.mov", "raw.h264"]
 
 
 @pytest.mark.parametrize("name", VIDEO_CASES)
