@@ -67,6 +67,9 @@ def add_common_args(parser: argparse.ArgumentParser, *, batch: int, iters: int =
   parser.add_argument("--iters", type=int, default=iters, help="timed calls (>= 10 for figures)")
   parser.add_argument("--warmup", type=int, default=warmup, help="untimed calls first")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--checkpoint", default="",
+                      help="time this model (any name `generate --checkpoint` takes) instead "
+                           "of --config with random weights")
   parser.add_argument("--smoke", action="store_true",
                       help="tiny config, tiny batch, few runs: checks that the bench runs (CI)")
   parser.add_argument("--attention", choices=("default", "xla", "cudnn"), default="default",
@@ -87,6 +90,18 @@ def apply_smoke(args: argparse.Namespace, **overrides: Any) -> argparse.Namespac
     for k, v in overrides.items():
       setattr(args, k, v)
   return args
+
+
+def model_and_params(args: argparse.Namespace) -> tuple[Any, Any]:
+  """(model, params) to time: `--checkpoint` loaded as every tool loads a model, else the
+  `--config` architecture with `random_params`."""
+  from diff2lip_jax.inference import checkpoints  # pylint: disable=import-outside-toplevel
+  from diff2lip_jax.models import model_from_flags  # pylint: disable=import-outside-toplevel
+  if args.checkpoint:
+    loaded = checkpoints.load_model(args.checkpoint, DTYPES[args.dtype])
+    return loaded.model, loaded.params
+  model = model_from_flags(CONFIGS[args.config], dtype=DTYPES[args.dtype])
+  return model, random_params(model, args.seed)
 
 
 def random_params(model: Any, seed: int = 0) -> Any:

@@ -32,7 +32,6 @@ from bench import flops
 from diff2lip_jax.inference.pipeline import lipsync
 from diff2lip_jax.media import video as video_lib
 from diff2lip_jax.diffusion import make_diffusion
-from diff2lip_jax.models import model_from_flags
 
 FACE = common.REPO / "examples" / "face.png"
 FACE_BOX = (175, 76, 266, 167)  # dlib's box on examples/face.png (x1, y1, x2, y2)
@@ -78,8 +77,8 @@ def make_video(frames: int, fps: float) -> tuple[video_lib.Video, np.ndarray]:
 
 def main(argv=None) -> list[dict]:
   args = parse(argv)
-  model = model_from_flags(common.CONFIGS[args.config], dtype=common.DTYPES[args.dtype])
-  params = jax.device_put(common.random_params(model, args.seed))
+  model, params = common.model_and_params(args)
+  params = jax.device_put(params)
   video, boxes = make_video(args.batch, args.fps)
   t = np.arange(int(round(args.batch / args.fps * 16000))) / 16000  # as long as the video
   wav = (0.3 * np.sin(2 * np.pi * 140 * t) * (1 + np.sin(2 * np.pi * 4 * t)) / 2).astype(np.float32)

@@ -88,6 +88,7 @@ flags.DEFINE_enum("uint8", None, list(options_lib.UINT8), "round (default) or tr
                   "(upstream) when the generated crop becomes pixels")
 flags.DEFINE_integer("crf", None, "libx264 CRF (18; upstream's writer 23)")
 flags.DEFINE_string("x264_preset", None, "libx264 preset (medium)")
+flags.DEFINE_string("pix_fmt", None, "output pixel format (yuv420p: plays everywhere)")
 flags.DEFINE_enum("output_audio", None, list(options_lib.OUTPUT_AUDIO), "source: the audio "
                   "file's own sound (default); 16k_mono: the mel's resample (upstream)")
 _FILELIST = flags.DEFINE_string("filelist", None, "batch mode: '<audio> <video>' per line, "

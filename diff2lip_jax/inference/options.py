@@ -79,6 +79,7 @@ class LipsyncOptions:
     color_match: match the generated lower face's colour statistics (feather).
     uint8: "round" or "truncate" (upstream) when the [-1, 1] crop becomes pixels.
     crf, x264_preset: libx264 quality (upstream's writer: CRF 23, medium).
+    pix_fmt: output pixel format (yuv420p plays everywhere; odd sizes get one edge pixel).
     output_audio: "source" (the driving audio file's own sound, its rate and channels) or
       "16k_mono" (the 16 kHz mono resample the mel is computed from, as upstream writes).
     progress: tqdm bars.
@@ -117,6 +118,7 @@ class LipsyncOptions:
   crf: int = 18
   x264_preset: str = "medium"
   output_audio: str = "source"
+  pix_fmt: str = "yuv420p"
   progress: bool = True
 
   @classmethod

@@ -173,10 +173,13 @@ class Lipsyncer:
           face_hide_percentage=options.face_hide_percentage, mesh=self.mesh)
     return _SAMPLERS[key]
 
-  def _start(self, video, audio, options: LipsyncOptions, audio_sample_rate: int,
+  def _start(self, video, audio, out_path, options: LipsyncOptions, audio_sample_rate: int,
              on_progress: Optional[ProgressFn]):
     """Checks and loads everything cheap, then runs the analysis pass."""
     options.validate()
+    if out_path is not None:  # a bad destination or audio file fails now, not after sampling
+      encode.preflight(out_path, source_audio=_audio_file(audio, options),
+                       inputs=_paths(video, audio), pix_fmt=options.pix_fmt)
     wav = audio_lib.as_wav(audio, audio_sample_rate)
     seconds = audio_lib.check_duration(wav)
     source = video_lib.open_source(video)
@@ -306,7 +309,7 @@ class Lipsyncer:
       one-line message that says what to do; found before sampling starts.
     """
     options = options or self.options
-    source, plan, mel, out_audio, sample, noise = self._start(video, audio, options,
+    source, plan, mel, out_audio, sample, noise = self._start(video, audio, out_path, options,
                                                               audio_sample_rate, on_progress)
     if trace is not None:
       trace["boxes"] = plan.boxes
@@ -324,14 +327,12 @@ class Lipsyncer:
                              times=plan.out_times, scene_cuts=plan.scene_cuts)
       # The viewer hears the audio file itself (its rate and channels; copied where mp4 takes
       # its codec), cut to the frames; 16 kHz mono was for the mel. Arrays are written as is.
-      audio_file = (audio if isinstance(audio, (str, os.PathLike))
-                    and options.output_audio == "source" else None)
+      audio_file = _audio_file(audio, options)
       with encode.VideoWriter(out_path, plan.fps, None if audio_file else out_audio,
                               audio_lib.SAMPLE_RATE, crf=options.crf,
                               preset=options.x264_preset, color=source.color,
                               source_audio=audio_file, audio_duration=plan.duration,
-                              inputs=[v for v in (video, audio) if isinstance(
-                                  v, (str, os.PathLike))]) as writer:
+                              pix_fmt=options.pix_fmt, inputs=_paths(video, audio)) as writer:
         for frames, times in chunks:
           writer.write(frames, times if plan.vfr else None)
         if on_progress:
@@ -343,6 +344,17 @@ class Lipsyncer:
     return LipsyncSummary(out_path=pathlib.Path(out_path), num_frames=plan.num_out,
                           fps=plan.fps, no_face=plan.no_face, times=plan.out_times,
                           scene_cuts=plan.scene_cuts)
+
+
+def _audio_file(audio: Any, options: LipsyncOptions) -> Optional[str | os.PathLike]:
+  """The driving audio file whose own sound the output carries (None: write the 16 kHz mono)."""
+  is_file = isinstance(audio, (str, os.PathLike))
+  return audio if is_file and options.output_audio == "source" else None
+
+
+def _paths(*items: Any) -> list:
+  """The inputs given as files (an output must never replace one)."""
+  return [v for v in items if isinstance(v, (str, os.PathLike))]
 
 
 def _record(trace: dict, crop: np.ndarray, ref: np.ndarray, mels: np.ndarray,
