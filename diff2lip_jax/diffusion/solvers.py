@@ -44,8 +44,17 @@ from diff2lip_jax.diffusion.schedule import get_named_beta_schedule
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 SOLVERS = ("dpmpp_2m", "unipc")
-SCHEDULES = ("logsnr", "time_uniform")
+SCHEDULES = ("logsnr", "time_uniform", "trailing")
 DEFAULT_SCHEDULE = {"dpmpp_2m": "logsnr", "unipc": "time_uniform", "ddim": "time_uniform"}
+
+
+def trailing_timestep(k, n: int, num_timesteps: int = 1000):
+  """t of point k (1..n) of the n-step "trailing" grid: round(T k / n) - 1 (halves rounded
+  up), in integer arithmetic so that numpy and traced jnp ints agree. Point 0 (t = -1) is clean
+  data. Grid n is a subset of grid 2n (t(k, n) = t(2k, 2n)): the nesting progressive
+  distillation needs (Salimans & Ho 2022, Algorithm 2: one student step = two teacher steps).
+  """
+  return (2 * num_timesteps * k + n) // (2 * n) - 1
 
 
 def discrete_alphas_cumprod(diffusion_steps: int = 1000,
@@ -68,6 +77,8 @@ def solver_timesteps(steps: int, schedule: str, alphas_cumprod: np.ndarray) -> n
     "logsnr": λ uniform between λ(T-1) and λ(0) (DPM-Solver++'s choice);
     "time_uniform": t uniform between T-1 and 0 (UniPC's choice; also what upstream's
       `timestep_respacing="N"` keeps).
+    "trailing": `trailing_timestep(k, N)` for k = N..1: T-1 down to T/N - 1, the last step
+      going to clean data from there (the grid of the distilled students, `training.distill`).
   Continuous λ targets are mapped to t by inverting λ(t), taken linear between integers, then
   rounded; collisions near t = 0 (where λ changes fastest) are pushed up by one.
 
@@ -77,6 +88,8 @@ def solver_timesteps(steps: int, schedule: str, alphas_cumprod: np.ndarray) -> n
   n_train = len(alphas_cumprod)
   if steps < 1 or steps > n_train:
     raise ValueError(f"steps must be in 1..{n_train}; got {steps}")
+  if schedule == "trailing":
+    return trailing_timestep(np.arange(steps, 0, -1, dtype=np.int64), steps, n_train)
   if steps == 1:
     return np.array([n_train - 1])
   frac = np.arange(steps) / (steps - 1)
@@ -210,7 +223,8 @@ def make_plan(solver: str, steps: int, *, order: int = 2, schedule: Optional[str
     corrector: UniC on or off (None: on for unipc). Never applied at the last grid point (its
       corrected value would need one more model call).
     diffusion_steps, noise_schedule: the training diffusion (Diff2Lip: 1000, linear).
-    timesteps: an explicit descending integer grid ending at 0 instead of `schedule`.
+    timesteps: an explicit strictly descending integer grid instead of `schedule` (the last
+      point, usually 0, steps to clean data with x_θ).
 
   Raises:
     ValueError: an unknown solver, schedule or variant, order outside 1..3, or a bad grid.
@@ -228,8 +242,8 @@ def make_plan(solver: str, steps: int, *, order: int = 2, schedule: Optional[str
     grid = solver_timesteps(steps, schedule or DEFAULT_SCHEDULE[solver], ac)
   else:
     grid = np.asarray(timesteps, np.int64)
-    if grid[-1] != 0 or np.any(np.diff(grid) >= 0) or grid[0] >= diffusion_steps:
-      raise ValueError("timesteps must be strictly decreasing integers ending at 0")
+    if grid[-1] < 0 or np.any(np.diff(grid) >= 0) or grid[0] >= diffusion_steps:
+      raise ValueError(f"timesteps must be strictly decreasing integers in 0..{diffusion_steps - 1}")
   n = len(grid)
   lam, alpha, sigma = half_log_snr(ac[grid]), np.sqrt(ac[grid]), np.sqrt(1.0 - ac[grid])
   rows = {name: np.zeros(n) for name in ("corr_w", "corr_x", "corr_new", "pred_x")}
