@@ -118,7 +118,9 @@ def build_sampler(model: TFGModel, *, sampler: str = "ddim", steps: int = 0,
     sampler: "ddim" (upstream), "ddpm" (ancestral), "dpmpp_2m" (DPM-Solver++(2M)) or "unipc"
       (UniPC bh2 with the UniC corrector); the last two are deterministic ODE solvers of
       `diff2lip_jax.diffusion.solvers` on the same conditioning and shared initial noise.
-    steps: model evaluations of "dpmpp_2m"/"unipc" (>= 1); ddim/ddpm use `timestep_respacing`.
+    steps: model evaluations of "dpmpp_2m"/"unipc" (>= 1). ddim/ddpm use `timestep_respacing`
+      when steps is 0; "ddim" with steps N > 0 is deterministic DDIM on the "trailing" grid
+      (t = 1000 k / N - 1, k = N..1), the grid `launch.distill` students are trained for.
     timestep_respacing: upstream's respacing string ("ddim25", "250", ...), ddim/ddpm only.
     use_ddim, eta, face_hide_percentage, mesh: as `make_sampler` (use_ddim/eta: ddim/ddpm).
     clip_denoised: clamp x̂_0 to [-1, 1] (for the solvers: every data prediction).
@@ -134,6 +136,11 @@ def build_sampler(model: TFGModel, *, sampler: str = "ddim", steps: int = 0,
   Raises:
     ValueError: an unknown sampler, or a solver without `steps`.
   """
+  if sampler == "ddim" and steps > 0:
+    plan = make_plan("ddim", steps, schedule="trailing", diffusion_steps=diffusion_steps,
+                     noise_schedule=noise_schedule)
+    return make_sampler(model, plan, clip_denoised=clip_denoised,  # type: ignore[arg-type]
+                        face_hide_percentage=face_hide_percentage, mesh=mesh)
   if sampler in ("ddim", "ddpm"):
     diffusion = make_diffusion(diffusion_steps, noise_schedule, timestep_respacing)
     return make_sampler(model, diffusion, use_ddim=use_ddim and sampler == "ddim", eta=eta,
