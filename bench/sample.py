@@ -38,7 +38,6 @@ import numpy as np
 from bench import flops
 from diff2lip_jax import sharding
 from diff2lip_jax.diffusion import make_diffusion, space_timesteps
-from diff2lip_jax.models import model_from_flags
 from diff2lip_jax.inference.sampler import build_sampler, make_sampler
 
 FIGURES = ("ddim_sampling", "forward")   # the default set
@@ -58,9 +57,6 @@ def parse(argv=None) -> argparse.Namespace:
   p.add_argument("--sampler_steps", default="5,10,15,20,25", help="samplers figure: step counts")
   p.add_argument("--quality_ref", default="ddim250",
                  help="samplers figure: DDIM respacing of the quality reference ('' = none)")
-  p.add_argument("--checkpoint", default="",
-                 help="samplers figure: weights (`checkpoints.load_model` spec) instead of random")
-  p.add_argument("--model_flags", default="", help="architecture JSON of an upstream .npz/.pt")
   p.add_argument("--faces", default="", help="samplers figure: npz of crops and indiv_mels")
   args = p.parse_args(argv)
   return common.apply_smoke(args, batch=2, forward_batch=2, timestep_respacing="ddim2",
@@ -137,15 +133,9 @@ def main(argv=None) -> list[dict]:
   unknown = set(figures) - set(FIGURES + OPTIONAL_FIGURES)
   if unknown:
     raise SystemExit(f"unknown --figures {sorted(unknown)}; known: {FIGURES + OPTIONAL_FIGURES}")
+  model, host_params = common.model_and_params(args)
   if args.checkpoint:
-    from diff2lip_jax.inference import checkpoints  # pylint: disable=import-outside-toplevel
-    loaded = checkpoints.load_model(args.checkpoint, common.DTYPES[args.dtype],
-                                    model_flags=args.model_flags or None)
-    model, host_params = loaded.model, loaded.params
     args.config = pathlib.Path(args.checkpoint).name
-  else:
-    model = model_from_flags(common.CONFIGS[args.config], dtype=common.DTYPES[args.dtype])
-    host_params = common.random_params(model, args.seed)
   mesh = sharding.local_mesh()
   params = jax.device_put(host_params, sharding.replicated(mesh))
   size = model.image_size
