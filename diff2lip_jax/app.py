@@ -193,8 +193,8 @@ class LipsyncApp:
     is_video = pathlib.Path(path).suffix.lower() not in video_lib.IMAGE_SUFFIXES
     player = gr.update(value=path, visible=True) if is_video else hidden
     if not shown:
-      note = ("No face found in the first frame: the run uses the first frames where one is "
-              "found, and fails if there is none.")
+      note = ("No face found in the first frame: the run looks in every frame and says so if "
+              "there is none.")
     elif len(shown) == 1:
       note = "1 face found."
     else:
@@ -234,7 +234,7 @@ class LipsyncApp:
               blend: str, face: str, seed: float, progress: Any = None):
     """Lip-syncs `video` to `audio` -> (output mp4 path, summary); errors as `gr.Error`."""
     import gradio as gr  # pylint: disable=import-outside-toplevel
-    fail = lambda text: gr.Error(text, print_exception=False)
+    fail = lambda text: gr.Error(text, duration=None, print_exception=False)  # stays up
     if not video:
       raise fail("Upload a face video or photo first (or click 'Use the example').")
     if not audio:

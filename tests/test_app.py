@@ -165,11 +165,14 @@ def test_app_in_browser(server, browser, tmp_path):
   seen = page.evaluate("() => window.seen")
   assert any(s in seen for s in app.STAGES.values()), seen[-500:]
 
-  # The video, as the browser gets it; playable in the page.
+  # The video through the page's download button, the same as the player's; playable there.
+  with page.expect_download(timeout=60_000) as download:
+    page.locator("#output_video").get_by_label("Download").first.click()
+  out = tmp_path / "downloaded.mp4"
+  download.value.save_as(out)
   src = page.locator("#output_video video").first.get_attribute("src")
-  data = page.request.get(src if src.startswith("http") else url.rstrip("/") + src).body()
-  out = tmp_path / "fetched.mp4"
-  out.write_bytes(data)
+  assert page.request.get(src if src.startswith("http") else url.rstrip("/") + src).body() == \
+      out.read_bytes()
   frames = _check_mp4(out, seconds)
   assert int(frames_text.group(1)) == frames
   page.locator("#output_video video").first.evaluate(
@@ -214,7 +217,26 @@ def test_app_in_browser(server, browser, tmp_path):
 
 
 def _save_small(src, dst):
-  """The screenshot as a 256-colour PNG (a few hundred KB at most)."""
+  """The screenshot as a 256-colour PNG (~150 KB; octree keeps the thin green face box)."""
   from PIL import Image
-  Image.open(src).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(
+  Image.open(src).convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE).save(
       dst, optimize=True)
+
+
+def test_page_helpers():
+  """Steps per sampler, the clicked face, one-line errors (no browser)."""
+  from diff2lip_jax import app
+  from diff2lip_jax.inference.options import LipsyncOptions
+  assert app.step_options("ddim", 10) == dict(sampler="ddim", steps=0, timestep_respacing="ddim10")
+  assert app.step_options("ddpm", 50)["timestep_respacing"] == "50"
+  assert app.step_options("unipc", 8) == dict(sampler="unipc", steps=8)
+  with pytest.raises(ValueError, match="steps must be >= 1"):
+    app.step_options("ddim", 0)
+  assert app.default_steps(LipsyncOptions.preset("default")) == 25
+  assert app.default_steps(LipsyncOptions.preset("default", sampler="dpmpp_2m", steps=7)) == 7
+  boxes = [[0, 0, 100, 100], [40, 40, 60, 60], [200, 0, 260, 60]]
+  assert app.pick_box(boxes, 50, 50) == 1   # inside two: the smaller one
+  assert app.pick_box(boxes, 10, 10) == 0
+  assert app.pick_box(boxes, 300, 20) == 2  # outside all: the nearest centre
+  assert app.one_line(ValueError("first line\nTraceback ...")) == "first line"
+  assert len(app.one_line(ValueError("x" * 1000))) == 300
