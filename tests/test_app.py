@@ -240,3 +240,32 @@ def test_page_helpers():
   assert app.pick_box(boxes, 300, 20) == 2  # outside all: the nearest centre
   assert app.one_line(ValueError("first line\nTraceback ...")) == "first line"
   assert len(app.one_line(ValueError("x" * 1000))) == 300
+
+
+def test_face_picker_on_a_video(tmp_path):
+  """Two faces in a video's first frame: both boxed, the input playable, a click picks one."""
+  from diff2lip_jax import app
+  from diff2lip_jax.inference import pipeline
+  from diff2lip_jax.inference.options import LipsyncOptions
+  from diff2lip_jax.media import encode
+  from diff2lip_jax.media import video as video_lib
+  face = video_lib.read_video(app.EXAMPLE_PHOTO).frames[0][:256:2, 128:384:2]  # 128x128
+  pair = np.concatenate([face, np.zeros_like(face[:, :32]), face[:, ::-1]], axis=1)
+  clip = tmp_path / "two.mp4"
+  encode.write_video(clip, np.stack([pair] * 3), 25)
+  # The preview needs only the options' detector: a model is never run.
+  page = app.LipsyncApp(pipeline.Lipsyncer((None, {})), LipsyncOptions.preset("default"),
+                        tmp_path / "work")
+  picture, player, face_spec, note, state = page.on_video(str(clip))
+  assert len(state["boxes"]) == 2 and note.startswith("2 faces found"), note
+  assert player["visible"] and player["value"] == str(clip)  # a video: its player shows
+  assert face_spec == "largest" and picture.shape == pair.shape
+  right = state["boxes"][1]  # left to right
+  click = type("Click", (), {"index": [right[0] + 3, right[3] - 3]})()
+  _, face_spec, note = page.on_select(state, click)
+  x, y = map(int, face_spec.split(","))
+  assert right[0] <= x <= right[2] and right[1] <= y <= right[3] and "Face 2 of 2" in note
+  _, player, _, _, _ = page.on_video(str(app.EXAMPLE_PHOTO))
+  assert not player["visible"]  # a photo: the first frame is the input
+  page.close()
+  assert not (tmp_path / "work").exists()
