@@ -137,17 +137,19 @@ def _model(options: options_lib.LipsyncOptions) -> Any:
 
 def _run_filelist(options: options_lib.LipsyncOptions) -> None:
   devices = jax.local_devices()
-  model = _model(options)
-  if not isinstance(model, checkpoints.LoadedModel):
-    model = checkpoints.load_model(model, pipeline.resolve_dtype(options.dtype))
   lock = threading.Lock()
+  loaded: list[checkpoints.LoadedModel] = []  # loaded once, when the first pair needs it
   workers: dict[Any, pipeline.Lipsyncer] = {}
   quiet = options.replace(progress=len(devices) == 1)
 
   def run_one(video, audio, out, device):
     with lock:
+      if not loaded:
+        model = _model(options)
+        loaded.append(model if isinstance(model, checkpoints.LoadedModel) else
+                      checkpoints.load_model(model, pipeline.resolve_dtype(options.dtype)))
       if device not in workers:
-        workers[device] = pipeline.Lipsyncer(model, quiet,
+        workers[device] = pipeline.Lipsyncer(loaded[0], quiet,
                                              device=device if len(devices) > 1 else None)
     workers[device].run(video, audio, out)
 

@@ -13,7 +13,7 @@ import pytest
 
 from configs import eval_debug, eval_voxceleb2
 from diff2lip_jax.media import video as video_lib
-from diff2lip_jax.evaluation import job, scoring
+from diff2lip_jax.evaluation import job, lse, scoring
 from diff2lip_jax.inference import checkpoints, crops, filelists
 from diff2lip_jax.inference.pipeline import lipsync_to_file
 
@@ -75,7 +75,11 @@ def test_debug_job_writes_every_metric(debug_run):
   assert timing["generated_clips"] == 2 and timing["generated_frames"] == 26
   clip = json.loads((workdir / "reconstruction" / "clips" /
                      "id00.clip.00001_id00.clip.00001.json").read_text())
-  assert clip["frames"] == 13 and clip["lse_windows"] == 8 and clip["face_found"] >= 0
+  # LSE reads the mp4 as syncnet_python does: windows = min(frames, 16 kHz samples // 640) - 5.
+  _, wav = lse.load_upstream_inputs(workdir / "reconstruction" / "videos" /
+                                    "id00.clip.00001_id00.clip.00001.mp4")
+  assert clip["frames"] == 13 and clip["face_found"] >= 0
+  assert clip["lse_windows"] == lse.num_windows(13, len(wav)) >= 7
   video = video_lib.read_video(workdir / "cross" / "videos" / "id00.clip.00001_id01.clip.00001.mp4")
   assert video.num_frames == 13 and video.fps == 25.0 and video.frames.shape[1:] == (160, 160, 3)
   # Reconstruction drives the first frame: the upper face is the same in every output frame.

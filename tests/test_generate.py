@@ -303,20 +303,20 @@ def test_output_timeline_and_crossfade():
 
 
 def test_filelist_parsing_and_sharding(tmp_path):
-  from diff2lip_jax import batch
+  from diff2lip_jax.inference import batch, filelists
   f = tmp_path / "l.txt"
   f.write_text("a/b/00001 c/d/00002\n\n# comment\nx.wav y.mp4\n")
-  items = batch.read_filelist(f)
+  items = filelists.read_filelist(f)
   assert [(i.line, i.audio, i.video) for i in items] == [(1, "a/b/00001", "c/d/00002"),
                                                         (4, "x.wav", "y.mp4")]
-  assert batch.output_name(items[0]) == "a.b.00001_c.d.00002.mp4"  # upstream's name
-  assert batch.output_name(items[1]) == "x_y.mp4"
+  assert items[0].name == "a.b.00001_c.d.00002"  # upstream's output name
+  assert items[1].name == "x_y"
   (tmp_path / "v.mp4").write_bytes(b"")
-  assert batch.resolve_media(tmp_path, "v") == tmp_path / "v.mp4"
-  assert batch.resolve_media(tmp_path, "v.mp4") == tmp_path / "v.mp4"
+  assert filelists.resolve_media(tmp_path, "v") == tmp_path / "v.mp4"
+  assert filelists.resolve_media(tmp_path, "v.mp4") == tmp_path / "v.mp4"
   # 2 hosts x 2 devices: item i -> worker i mod 4.
   assert batch.assign_items(10, 0, 2, 2) == [[0, 4, 8], [1, 5, 9]]
   assert batch.assign_items(10, 1, 2, 2) == [[2, 6], [3, 7]]
   f.write_text("only_one_field\n")
-  with pytest.raises(batch.FilelistError, match="line|:1"):
-    batch.read_filelist(f)
+  with pytest.raises(filelists.FilelistError, match="line|:1"):
+    filelists.read_filelist(f)
