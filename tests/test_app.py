@@ -252,7 +252,8 @@ def test_page_helpers():
 
 
 def test_face_picker_on_a_video(tmp_path):
-  """Two faces in a video's first frame: both boxed, the input playable, a click picks one."""
+  """Two faces in a video's first frame: both boxed, the input playable, a click picks one;
+  the page queues one job at a time, analytics off."""
   from diff2lip_jax import app
   from diff2lip_jax.inference import pipeline
   from diff2lip_jax.inference.options import LipsyncOptions
@@ -276,5 +277,9 @@ def test_face_picker_on_a_video(tmp_path):
   assert right[0] <= x <= right[2] and right[1] <= y <= right[3] and "Face 2 of 2" in note
   _, player, _, _, _ = page.on_video(str(app.EXAMPLE_PHOTO))
   assert not player["visible"]  # a photo: the first frame is the input
+  demo = page.build()
+  jobs = [f for f in demo.fns.values() if f.name == "job"]
+  assert len(jobs) == 1 and jobs[0].queue and jobs[0].concurrency_limit == 1  # one at a time
+  assert demo.analytics_enabled is False and os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
   page.close()
   assert not (tmp_path / "work").exists()
