@@ -216,10 +216,7 @@ class LipsyncApp:
     return draw_faces(state["frame"], boxes, i), face, note
 
   def use_example(self):
-    """The example photo and speech, as the two inputs."""
-    import gradio as gr  # pylint: disable=import-outside-toplevel
-    if self.example_photo is None:
-      raise gr.Error("the example photo examples/face.png is not installed", print_exception=False)
+    """The example photo and speech, as the two inputs (the button shows when installed)."""
     return str(self.example_photo), str(self.example_audio)
 
   # -- the job ------------------------------------------------------------------------------
@@ -286,7 +283,8 @@ class LipsyncApp:
                              elem_id="video_input")
           audio_in = gr.Audio(label="Speech (a file, or record it)", type="filepath",
                               sources=["upload", "microphone"], elem_id="audio_input")
-          example = gr.Button("Use the example", elem_id="example")
+          example = gr.Button("Use the example", elem_id="example",
+                              visible=self.example_photo is not None)
           with gr.Accordion("Options", open=False):
             sampler = gr.Dropdown(list(options_lib.SAMPLERS), value=opts.sampler,
                                   label="Sampler", elem_id="sampler")
