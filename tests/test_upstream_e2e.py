@@ -73,7 +73,8 @@ def test_crops_and_model_inputs(e2e, run):
   ref_err = np.abs(nchw(trace["ref_img"]) - e2e["model_input_ref"]) * 127.5
   print(f"crops: max {crop_err.max()} grey levels, {np.mean(crop_err == 0):.4%} equal; "
         f"cond max {cond_err.max():.3f}, ref max {ref_err.max():.3f} grey levels")
-  assert crop_err.max() <= 1 and cond_err.max() <= 1.001 and ref_err.max() <= 1.001
+  # The issue asks <= 1 grey level; OpenCV's own resize makes the crops exact (seen: 0).
+  assert crop_err.max() == 0 and cond_err.max() <= 1e-3 and ref_err.max() <= 1e-3
 
 
 def test_generated_pasted_and_output_frames(e2e, run):
@@ -85,9 +86,11 @@ def test_generated_pasted_and_output_frames(e2e, run):
   frames = np.abs(result.frames.astype(int) - e2e["frames_out"].astype(int))
   print(f"generated: {same_sign:.4%} equal signs; pasted crops {np.mean(pasted == 0):.4%} equal "
         f"(max {pasted.max()}); frames_out {np.mean(frames == 0):.4%} equal (max {frames.max()})")
-  assert same_sign >= 0.999
-  assert np.mean(frames == 0) >= 0.99 and frames.max() <= 2
-  assert np.mean(pasted == 0) >= 0.99
+  # Asked: >= 99.9 % equal signs; >= 99 % equal pixels, none off by > 2. Seen: 100 % signs,
+  # pasted 99.9999 % (max 1), frames_out 100 %.
+  assert same_sign >= 0.9999
+  assert np.mean(frames == 0) >= 0.9999 and frames.max() <= 2
+  assert np.mean(pasted == 0) >= 0.9999 and pasted.max() <= 2
 
 
 def test_upstream_preset_needs_s3fd_weights(e2e, small_model_params):
