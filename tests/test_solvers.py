@@ -94,3 +94,127 @@ def test_exactly_solvable_ode_converges_at_second_order():
     assert all(e < d for e, d in zip(errs[name], errs["ddim"]))
     assert np.log2(errs[name][1] / errs[name][2]) >= 1.8
   assert 0.9 < np.log2(errs["ddim"][1] / errs["ddim"][2]) < 1.1
+
+
+def _padded(plan, n=20, k=2):
+  """The same solver as an n-row, k-column plan, so every plan shares one compiled scan: the
+  history padded with zero columns, and n - N leading no-op rows (x kept; the model output they
+  push into the history meets zero weights, as the first real step uses no history)."""
+  pad_cols = lambda a: jnp.pad(a, ((0, 0), (0, k - a.shape[1])))
+  extra = n - plan.steps
+  lead = lambda a, value: jnp.concatenate([jnp.full((extra,) + a.shape[1:], value, a.dtype), a])
+  return solvers.SolverPlan(
+      timesteps=lead(plan.timesteps, 999), alphas=lead(plan.alphas, 1.0),
+      sigmas=lead(plan.sigmas, 0.0), corr_w=lead(plan.corr_w, 1.0),
+      corr_x=lead(plan.corr_x, 0.0), corr_m=lead(pad_cols(plan.corr_m), 0.0),
+      corr_new=lead(plan.corr_new, 0.0), pred_x=lead(plan.pred_x, 1.0),
+      pred_m=lead(pad_cols(plan.pred_m), 0.0))
+
+
+def _smooth_in_t(params, keep_from=8):
+  """The same weights with the time embedding's 8 highest frequencies (1 .. 0.018 rad per
+  step) dropped: the first Dense of `time_embed` sees cos/sin of frequencies <= 0.01 rad/step
+  only, so ε varies smoothly with t, as a trained model's does."""
+  k = np.array(params["time_embed_0"]["kernel"])
+  half = k.shape[0] // 2
+  k[:keep_from] = 0.0
+  k[half:half + keep_from] = 0.0
+  return {**params, "time_embed_0": {**params["time_embed_0"], "kernel": jnp.asarray(k)}}
+
+
+@pytest.fixture(scope="session")
+def small_ode(small_model_params, small_io):
+  """The small model's lip-sync ODE at 32² (inputs average-pooled from the 128² fixtures, the
+  noise subsampled; one frame; unclipped), jitted once with params as an argument.
+
+  32² and one frame: DDIM-1000 at 128² x 4 frames costs ~20 min on 2 CPU cores (1.2 s per
+  step); at 128² and 64² (one frame) the errors below agree with 32²'s to a few % (report of
+  issue 13). Returns `(run(params, plan), ddim1000(params), eps(params, t))`: the regenerated
+  half (float64) of a plan's solution, of DDIM-1000's, and ε along a fixed smooth path of x_t.
+  """
+  from diff2lip_jax.inference.sampler import lower_face_mask, make_cond_img
+  model, _ = small_model_params
+  size, io = 32, small_io
+  f = 128 // size
+  pool = lambda a: jnp.asarray(a[:1].reshape(1, size, f, size, f, -1).mean((2, 4)), jnp.float32)
+  faces, refs = pool(io["cond_img"]), pool(io["ref_img"])
+  noise = jnp.asarray(io["ddim25_noise"][:1, ::f, ::f], jnp.float32)
+  mask = lower_face_mask(size)
+  cond = make_cond_img(faces, mask, noise)
+  mels = jnp.asarray(io["indiv_mels"][:1])
+  model_fn = lambda p: lambda x, t: model.apply({"params": p}, x, t, cond, mask, refs, mels)
+  lower = lambda x: np.asarray(x, np.float64)[:, size // 2:]
+  solve = jax.jit(lambda p, plan: solvers.solve(plan, model_fn(p), noise, clip_denoised=False))
+  ddim = jax.jit(lambda p: sample_loop(make_diffusion(), model_fn(p), noise, clip_denoised=False))
+  ac = jnp.asarray(AC, jnp.float32)
+  eps = jax.jit(lambda p, t: model_fn(p)(jnp.sqrt(ac[t]) * faces + jnp.sqrt(1 - ac[t]) * noise,
+                                         jnp.full((1,), t))[:, size // 2:, :, :3])
+  return ((lambda p, plan: lower(solve(p, _padded(plan)))), (lambda p: lower(ddim(p))),
+          (lambda p, t: np.asarray(eps(p, t))))
+
+
+def _roughness(eps, params):
+  """Mean |Δ²ε| / mean |Δε| over t = 500..505 (≈ 1 for noise-like, << 1 for smooth in t)."""
+  e = np.stack([eps(params, t) for t in range(500, 506)]).reshape(6, -1)
+  return (np.linalg.norm(np.diff(e, 2, axis=0), axis=1).mean()
+          / np.linalg.norm(np.diff(e, axis=0), axis=1).mean())
+
+
+def _error_table(run, ref, title):
+  plans = {
+      "ddim (upstream ddimN grid)": lambda n: solvers.make_plan(
+          "ddim", n, timesteps=make_diffusion(timestep_respacing=f"ddim{n}").timestep_map[::-1]),
+      "ddim (time-uniform grid)": lambda n: solvers.make_plan("ddim", n),
+      "dpmpp_2m (logSNR grid)": lambda n: solvers.make_plan("dpmpp_2m", n),
+      "unipc bh2 p=2 (time-uniform)": lambda n: solvers.make_plan("unipc", n),
+  }
+  errs = {name: [_rel(run(make(n)), ref) for n in (10, 20)] for name, make in plans.items()}
+  print(f"\n{title}\nrelative L2 error to DDIM-1000 on the regenerated half, unclipped")
+  print(f"{'sampler':32s} {'10 steps':>9s} {'20 steps':>9s} {'order':>6s}")
+  for name, (e10, e20) in errs.items():
+    print(f"{name:32s} {e10:9.2e} {e20:9.2e} {np.log2(e10 / e20):6.2f}")
+  return errs
+
+
+SOLVER_ROWS = ("dpmpp_2m (logSNR grid)", "unipc bh2 p=2 (time-uniform)")
+
+
+def test_solvers_beat_ddim_on_the_small_model(small_model_params, small_ode):
+  """Issue 13 on the small upstream model as released (32², one frame): DPM-Solver++(2M) and
+  UniPC at 10 and 20 steps are closer to DDIM-1000 than DDIM at the same steps, on upstream's
+  ddimN grid (which starts at t = 900 and is 40x worse) and on the same time-uniform grid.
+
+  Their observed order from 10 to 20 steps is 1.7-1.9 here, not the >= 1.8 asked for both:
+  this model's weights are random and its ε is rough in t (the change of ε from t to t+1 is
+  a fresh random-like vector: |Δ²ε| ≈ |Δε|, checked below), because its time embedding feeds
+  cos/sin(t f) with f up to 1 rad per step to untrained layers. A multistep solver samples that
+  roughness at its N points while DDIM-1000 averages all 1000, so past ~10 steps the error
+  decays at a low order whatever the solver. `test_solver_order_on_the_small_model_smooth_in_t`
+  shows the order once that roughness is removed.
+  """
+  _, params = small_model_params
+  run, ddim1000, eps = small_ode
+  ref = ddim1000(params)
+  errs = _error_table(lambda plan: run(params, plan), ref, "small upstream model, 32², 1 frame")
+  for name in SOLVER_ROWS:
+    for i in range(2):
+      assert errs[name][i] < errs["ddim (time-uniform grid)"][i] / 1.5
+      assert errs[name][i] < errs["ddim (upstream ddimN grid)"][i] / 10
+    assert np.log2(errs[name][0] / errs[name][1]) >= 1.5, (name, errs[name])
+  assert _roughness(eps, params) > 0.5
+
+
+def test_solver_order_on_the_small_model_smooth_in_t(small_model_params, small_ode):
+  """The issue's claims in full on the small model with its time embedding limited to
+  frequencies <= 0.01 rad/step (`_smooth_in_t`; 32², one frame): both solvers closer to
+  DDIM-1000 than DDIM at 10 and 20 steps, and observed order >= 1.8 from 10 to 20 steps."""
+  run, ddim1000, eps = small_ode
+  params = _smooth_in_t(small_model_params[1])
+  ref = ddim1000(params)
+  errs = _error_table(lambda plan: run(params, plan), ref,
+                      "small upstream model smooth in t, 32², 1 frame")
+  for name in SOLVER_ROWS:
+    for i in range(2):
+      assert errs[name][i] < errs["ddim (time-uniform grid)"][i] / 1.5
+    assert np.log2(errs[name][0] / errs[name][1]) >= 1.8, (name, errs[name])
+  assert _roughness(eps, params) < 0.2
