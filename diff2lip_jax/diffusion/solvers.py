@@ -1,7 +1,8 @@
 """Training-free ODE solvers for the ε-prediction model: DPM-Solver++(2M) and UniPC (bh2, UniC).
 
 Both integrate the probability-flow ODE of the 1000-step discrete diffusion in its
-data-prediction form (Lu et al. 2022, DPM-Solver++, arXiv 2211.01095, §4 eq. 9 / Appendix):
+data-prediction form (Lu et al. 2022b, DPM-Solver++, arXiv 2211.01095; the change of variable to
+λ and the exponential integrator are DPM-Solver's, Lu et al. 2022a, arXiv 2206.00927):
 with `α_t = sqrt(ᾱ_t)`, `σ_t = sqrt(1 - ᾱ_t)`, `λ_t = log(α_t / σ_t)` (half the log-SNR) and the
 data prediction `x_θ(x_t, t) = (x_t - σ_t ε_θ(x_t, t)) / α_t`, the exact solution from s to t is
 
@@ -72,8 +73,9 @@ def half_log_snr(alphas_cumprod: np.ndarray) -> np.ndarray:
 def solver_timesteps(steps: int, schedule: str, alphas_cumprod: np.ndarray) -> np.ndarray:
   """N integer evaluation times, descending from T-1 to 0, int64 [N].
 
-  Schedules (both recommended by the solvers' papers for pixel-space models; DPM-Solver, Lu et
-  al. 2022a §3.4 and App. D.1; UniPC, Zhao et al. 2023 §4 "time-uniform for pixel space"):
+  Schedules (the ones issue 13 names from the papers: DPM-Solver's "logSNR" step-size
+  schedule, Lu et al. 2022a, for DPM-Solver++; time-uniform, UniPC's setting for pixel-space
+  models, Zhao et al. 2023):
     "logsnr": λ uniform between λ(T-1) and λ(0) (DPM-Solver++'s choice);
     "time_uniform": t uniform between T-1 and 0 (UniPC's choice; also what upstream's
       `timestep_respacing="N"` keeps).
@@ -111,7 +113,8 @@ def solver_timesteps(steps: int, schedule: str, alphas_cumprod: np.ndarray) -> n
 
 
 def _h_phi(h: float, n: int) -> float:
-  """h φ_{n+1}(-h) for h > 0 (the weight of x_θ^{(n)} / n!·n! ... see module docstring).
+  """h φ_{n+1}(-h) for h > 0: `α_t h^n · h φ_{n+1}(-h)` weighs x_θ^{(n)}(λ_s) in the module
+  docstring's expansion.
 
   φ_k(z) = Σ_{j≥0} z^j / (j + k)!; the series is used for small h (the recursion cancels).
   """
@@ -128,7 +131,8 @@ def _h_phi(h: float, n: int) -> float:
 def _higher_order_weights(h: float, r: Sequence[float], variant: str) -> np.ndarray:
   """Weights c_k of the differences D_k = x_θ(λ_s + r_k h) - x_θ(λ_s), float64 [len(r)].
 
-  UniPC's order conditions (Zhao et al. 2023, §3.1, eq. 7-8, written for data prediction):
+  UniPC's order conditions (Zhao et al. 2023, §3: UniC-p / UniP-p, written for data
+  prediction):
   with c_k = B(h) a_k / r_k, Σ_k c_k D_k reproduces the Taylor terms n = 1..len(r) when
   `Σ_k a_k r_k^{n-1} = n! h φ_{n+1}(-h) / B(h)`, i.e. `Σ_k c_k r_k^n = n! h φ_{n+1}(-h)`.
   With as many conditions as unknowns, B(h) cancels; for a single difference UniPC sets
