@@ -38,8 +38,8 @@ def get_config():
   c.sample_every = 100
   c.sample_respacing = "ddim5"
   c.checkpoint_every = 50
-  c.eval_every = 0                  # evaluation.during_training: 2 clips, 5 DDIM steps when on
+  c.eval_every = 50                 # evaluation.during_training at the checkpoints: 2 clips,
   c.eval.num_clips = 2
-  c.eval.timestep_respacing = "ddim5"
+  c.eval.timestep_respacing = "ddim5"  # 5 DDIM steps
   c.async_checkpointing = False
   return c

@@ -52,9 +52,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample_respacing = "ddim25"
   c.checkpoint_every = 5000
   c.eval_every = 0                  # steps between evaluations on validation clips (0: off)
-  c.eval = ml_collections.ConfigDict(dict(
-      num_clips=16,                 # validation clips sampled with the EMA params
+  c.eval = ml_collections.ConfigDict(dict(   # evaluation.during_training
+      num_clips=16,                 # validation clips lip-synced with the EMA params
       timestep_respacing="ddim25",
+      data_root="",                 # folder of videos; empty: data_dir/videos (synthetic data)
+      filelist="",                  # upstream filelist relative to data_root; empty: first clips
+      crop="voxceleb2",             # upstream's fixed VoxCeleb2 crop, or "detect"
+      detector="dlib", s3fd_path="",
       syncnet_weights=""))          # syncnet_python weights for LSE-C/LSE-D; empty: skipped
   c.keep_checkpoints = 3
   c.keep_best = 1

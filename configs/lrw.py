@@ -7,4 +7,5 @@ from configs import diff2lip_voxceleb2
 def get_config():
   c = diff2lip_voxceleb2.get_config()
   c.data.dataset_name = "diff2lip_lrw"
+  c.eval.crop = "detect"            # LRW is prepared with detected faces
   return c

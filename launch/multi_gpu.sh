@@ -8,11 +8,12 @@
 #   NUM_HOSTS=2 HOST_ID=0 COORDINATOR=10.0.0.1:1234 launch/multi_gpu.sh WORKDIR ...   # host 0
 #   NUM_HOSTS=2 HOST_ID=1 COORDINATOR=10.0.0.1:1234 launch/multi_gpu.sh WORKDIR ...   # host 1
 #
-# Environment: CONFIG (default configs/diff2lip_voxceleb2.py). Needs `pip install -U "jax[cuda12]"`.
-# Rerunning with the same WORKDIR resumes; SIGTERM saves a final checkpoint.
+# Environment: CONFIG (default configs/diff2lip_voxceleb2.py). Needs `pip install -U "jax[cuda12]"`
+# (and gcsfs for a gs:// WORKDIR). Rerunning with the same WORKDIR resumes (with another host
+# count too). SIGTERM to any host: all hosts save the same step and exit 0.
 set -euo pipefail
 if [[ $# -lt 1 ]]; then
-  sed -n '2,12p' "$0"; exit 2
+  sed -n '2,13p' "$0"; exit 2
 fi
 WORKDIR=$1; shift
 CONFIG=${CONFIG:-configs/diff2lip_voxceleb2.py}

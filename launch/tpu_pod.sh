@@ -8,8 +8,9 @@
 #
 # Environment: CONFIG (default configs/diff2lip_voxceleb2.py), RUNTIME (TPU software version,
 # default tpu-ubuntu2204-base), CREATE=0 to require an existing slice.
-# Rerunning the same command resumes from WORKDIR's latest checkpoint. Preemption (SIGTERM)
-# makes every worker save a final checkpoint before exiting.
+# Rerunning the same command resumes from WORKDIR's latest checkpoint (also on another slice
+# size). Preemption: a SIGTERM to any worker (maintenance event) makes all workers agree on one
+# step (jax's preemption sync point), save it and exit 0. gs:// paths need gcsfs (installed here).
 set -euo pipefail
 if [[ $# -lt 4 ]]; then
   sed -n '2,13p' "$0"; exit 2
@@ -31,6 +32,6 @@ gcloud compute tpus tpu-vm ssh "$NAME" --zone "$ZONE" --worker=all --command "
   set -e
   mkdir -p ~/diff2lip_jax && tar -C ~/diff2lip_jax -xzf /tmp/diff2lip_jax.tgz
   cd ~/diff2lip_jax
-  pip install -q -e . && pip install -q -U 'jax[tpu]'
+  pip install -q -e . && pip install -q -U 'jax[tpu]' gcsfs
   python3 -m launch.train --multihost --config $CONFIG --workdir $WORKDIR $*
 "

@@ -1,5 +1,6 @@
 """Training: sharded == unsharded step, exact resume after SIGKILL, the loss falls on the debug
-config, configs and launch scripts parse. Subprocesses: the CPU device count is fixed at JAX
+config (per-t-quartile losses and the periodic evaluation logged), the workdir loads as a model,
+configs and launch scripts parse. Subprocesses: the CPU device count is fixed at JAX
 start-up, and a killed run must be a real process. A persistent compilation cache shared by the
 subprocesses keeps the recompiles cheap."""
 
@@ -54,7 +55,8 @@ def _launch(workdir, data_dir, steps):
   return [sys.executable, "-m", "launch.train", "--config", str(REPO / "configs" / "debug.py"),
           "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
           f"--config.num_train_steps={steps}", "--config.log_every=1",
-          f"--config.checkpoint_every={CKPT}", f"--config.sample_every={STEPS}"]
+          f"--config.checkpoint_every={CKPT}", f"--config.sample_every={STEPS}",
+          f"--config.eval_every={STEPS}"]
 
 
 def _losses(workdir, key="loss") -> dict[int, float]:
@@ -80,8 +82,55 @@ def test_loss_falls_and_samples_are_written(long_run):
   last = np.mean([losses[s] for s in range(STEPS - 9, STEPS + 1)])
   assert last < 0.8 * first, (first, last)
   assert [p.name for p in (work / "samples").glob("*.png")] == [f"samples_{STEPS:07d}.png"]
+  # The periodic evaluation (evaluation.during_training, EMA params) reached metrics.jsonl.
+  assert sorted(_losses(work, "eval/ssim")) == sorted(_losses(work, "eval/psnr")) == [STEPS]
+  assert -1 <= _losses(work, "eval/ssim")[STEPS] <= 1 and _losses(work, "eval/psnr")[STEPS] > 0
   steps = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
   assert steps[-1] == STEPS and len(steps) <= 4  # keep 3 latest + the best
+
+
+def test_loss_quartiles_are_logged(long_run):
+  """Every logged row has per-t-quartile losses for the quartiles its 2 clips fell in (no fake
+  zeros); over the run every quartile appears."""
+  work, _ = long_run
+  rows = [r for r in (json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines())
+          if "loss" in r]
+  seen = set()
+  for r in rows:
+    q = {k for k in r if k.startswith("loss_simple/q")}
+    assert 1 <= len(q) <= 2 and {k.replace("simple", "gan") for k in q} <= set(r)
+    assert all(np.isfinite(r[k]) and r[k] > 0 for k in q)
+    seen |= q
+  assert seen == {f"loss_simple/q{i}" for i in range(4)}
+
+
+def test_workdir_names_a_model(long_run, tmp_path):
+  """`load_model(W)`: the EMA params of the best-val_loss checkpoint; `W/checkpoints/<step>`:
+  that step's; `export(W, D)` loads back equal."""
+  import jax
+  import orbax.checkpoint as ocp
+  from diff2lip_jax.inference import checkpoints
+  work, _ = long_run
+  assert json.loads((work / "model_flags.json").read_text())["num_channels"] == 32
+  assert json.loads((work / "config.json").read_text())["batch_size"] == 2
+  kept = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
+  val = {s: v for s, v in _losses(work, "val_loss").items() if s in kept}
+  best = min(val, key=val.get)
+
+  def ema(step):
+    state = ocp.StandardCheckpointer().restore(work / "checkpoints" / str(step) / "state")
+    return state["ema_params"]
+
+  def assert_equal(a, b):
+    np.testing.assert_equal(jax.tree.map(np.asarray, a), jax.tree.map(np.asarray, b))
+
+  loaded = checkpoints.load_model(work)
+  assert f"step {best}" in loaded.source
+  assert_equal(loaded.params, ema(best))
+  other = max(s for s in kept if s != best)
+  assert_equal(checkpoints.load_model(work / "checkpoints" / str(other)).params, ema(other))
+  out = checkpoints.export(work, tmp_path / "export")
+  assert_equal(checkpoints.load_model(out).params, ema(best))
 
 
 def test_killed_run_resumes_bit_for_bit(long_run, tmp_path, env):

@@ -11,6 +11,7 @@ it. The synthetic dataset is written to a local directory that all processes of 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import jax
 import ml_collections
@@ -57,10 +58,18 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     val = [f"id{i:05d}" for i in range(dc.synthetic_ids - val_ids + 1, dc.synthetic_ids + 1)]
     data.prepare_dataset(videos, os.fspath(data_dir), dataset_name=dc.dataset_name,
                          val_fraction=0.0, val_speakers=val, num_workers=1, progress=False)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices(DATA_READY_BARRIER)
+  barrier(DATA_READY_BARRIER)
   return data_dir
+
+
+def barrier(name: str, timeout_s: int = 3600) -> None:
+  """Waits until every process reaches `name` (once per name and run) through the coordination
+  service, not a device collective: CPU (gloo) collectives give up after 30 s, and process 0
+  may build data for minutes meanwhile. No-op in a single process."""
+  if jax.process_count() > 1:
+    from orbax.checkpoint import multihost  # pylint: disable=import-outside-toplevel
+    multihost.sync_global_processes(name, timeout=timeout_s,
+                                    processes=set(range(jax.process_count())))
 
 
 def check_batch_size(name: str, batch_size: int, mesh: jax.sharding.Mesh,
@@ -74,3 +83,17 @@ def check_batch_size(name: str, batch_size: int, mesh: jax.sharding.Mesh,
                      f"the {shards} batch shards of the mesh (data x fsdp over "
                      f"{mesh.size} devices) and accum_steps={accum_steps}")
   return batch_size // hosts
+
+
+def compile_in_step(name: str, *lowered: Any) -> list[Any]:
+  """Compiles `jax.jit(...).lower(...)` results, then waits for every process (`barrier`).
+
+  Multi-process runs call this before their first collective: a process whose programs come
+  from the persistent compilation cache (only process 0 reads its own entries back) would
+  otherwise wait in the first collective while another compiles, and CPU (gloo) collectives
+  give up after 30 s. Returns the compiled executables (use them instead of the jitted
+  functions, which would compile again).
+  """
+  compiled = [lw.compile() for lw in lowered]
+  barrier(name)
+  return compiled

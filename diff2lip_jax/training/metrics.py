@@ -15,6 +15,7 @@ import json
 import os
 import tempfile
 import time
+import uuid
 from typing import Mapping, Optional
 
 import jax
@@ -47,7 +48,9 @@ class MetricWriter:
     if self.remote and (self.workdir / METRICS_FILE).exists():
       (self._stage / METRICS_FILE).write_text((self.workdir / METRICS_FILE).read_text())
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-    self._tb = SummaryWriter(os.fspath(self._stage / TENSORBOARD_DIR))
+    # A unique event file per writer: a restaged (resumed) run must not overwrite the last one.
+    self._tb = SummaryWriter(os.fspath(self._stage / TENSORBOARD_DIR),
+                             filename_suffix=f".{uuid.uuid4().hex[:8]}")
     self._jsonl = (self._stage / METRICS_FILE).open("a")
 
   def scalars(self, step: int, values: Mapping[str, float]) -> None:
@@ -79,11 +82,12 @@ class MetricWriter:
     if not self.remote or not (force or time.monotonic() - self._synced >= self.sync_every_s):
       return
     self._tb.flush()
-    for f in self._stage.rglob("*"):
-      if f.is_file():
-        dest = self.workdir / os.path.relpath(f, self._stage)
+    for root, _, files in os.walk(self._stage):  # the stage is local
+      for name in files:
+        rel = os.path.relpath(os.path.join(root, name), self._stage)
+        dest = self.workdir / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        f.copy(dest, overwrite=True)
+        (self._stage / rel).copy(dest, overwrite=True)
     self._synced = time.monotonic()
 
   def close(self) -> None:

@@ -91,6 +91,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   else:
     logging.info("resumed from %s at step %d", manager.directory, start)
 
+  train_batch = jax.tree.map(  # the train batch's shapes: the val batch with batch_size rows
+      lambda x: jax.ShapeDtypeStruct((config.batch_size, *x.shape[1:]), x.dtype,
+                                     sharding=x.sharding), val_batches[0])
+  train_step, eval_step = data_setup.compile_in_step(
+      "syncnet train step compiled", train_step.lower(state, train_batch),
+      eval_step.lower(state, val_batches[0]))
   writer = metrics_lib.MetricWriter(workdir)
   throughput = metrics_lib.Throughput(config.batch_size)
   preemption = checkpointing.Preemption()

@@ -128,6 +128,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   from diff2lip_jax.data import make_train_iterator  # pylint: disable=import-outside-toplevel
   data_dir = data_setup.prepare_data(config, workdir)
+  eval_config = config.copy_and_resolve_references()  # the evaluator finds the synthetic videos
+  eval_config.data.data_dir = os.fspath(data_dir)
   make_iter = functools.partial(make_train_iterator, data_dir, config.data.dataset_name,
                                 per_host_batch=per_host, worker_count=config.data.worker_count)
   train_iter = make_iter(split="train", seed=config.seed)
@@ -149,6 +151,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   sampler = make_sampler(model, make_diffusion(config.diffusion.steps, config.diffusion.noise_schedule,
                                                config.sample_respacing),
                          face_hide_percentage=config.face_hide_percentage)
+  train_step, val_loss = data_setup.compile_in_step(
+      "diff2lip train step compiled", train_step.lower(state, fixed_batch),
+      val_loss.lower(state.ema_params, fixed_batch))
   writer = metrics_lib.MetricWriter(workdir)
   throughput = metrics_lib.Throughput(config.batch_size * config.data.nframes)
   preemption = checkpointing.Preemption()
@@ -168,12 +173,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       q_sums = None
     due_eval = bool(config.eval_every) and step % config.eval_every == 0
     due_samples = bool(config.sample_every) and (step % config.sample_every == 0 or final)
-    ema = host_params(state.ema_params) if due_eval or due_samples else None
-    if due_samples:
-      _write_samples(writer, step, sampler, model, ema, fixed_batch, config)
-    if due_eval:
-      from diff2lip_jax.evaluation import during_training  # pylint: disable=import-outside-toplevel
-      writer.scalars(step, during_training.evaluate(config, model, ema, step))
+    if due_eval or due_samples:
+      ema = host_params(state.ema_params)  # a collective: every process
+      if due_samples:
+        _write_samples(writer, step, sampler, model, ema, fixed_batch, config)
+      if due_eval and jax.process_index() == 0:  # host-local: one process evaluates
+        from diff2lip_jax.evaluation import during_training  # pylint: disable=import-outside-toplevel
+        writer.scalars(step, during_training.evaluate(eval_config, model, ema, step))
+      data_setup.barrier(f"samples and evaluation of step {step}")  # the others wait here
     if step % config.checkpoint_every == 0 or final:
       vl = float(val_loss(state.ema_params, fixed_batch))
       writer.scalars(step, {checkpointing.BEST_METRIC: vl})
