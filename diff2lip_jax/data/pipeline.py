@@ -239,9 +239,6 @@ def make_train_dataset(data_dir: str | os.PathLike,
     raise ValueError(f"per_host_batch must be >= 1, got {per_host_batch}")
   data_dir = os.fspath(data_dir)
   num_clips = len(open_source(data_dir, dataset_name, split))
-  if num_clips < process_count * per_host_batch:
-    raise ValueError(f"split {split!r} has {num_clips} clips, fewer than one global batch of "
-                     f"{process_count} x {per_host_batch}")
   sampler = sampler_cls(data_dir, dataset_name, split, random_flip=random_flip)
   ds = (grain.MapDataset.range(num_clips)
         .seed(seed)
@@ -249,6 +246,9 @@ def make_train_dataset(data_dir: str | os.PathLike,
         .repeat(num_epochs)
         .random_map(sampler))  # None (clip too short) is dropped by to_iter_dataset.
   ds = HostSlice(ds, process_index, process_count, per_host_batch)
+  if len(ds) == 0:
+    raise ValueError(f"split {split!r}: {num_clips} clips x {num_epochs} epochs do not fill one "
+                     f"global batch of {process_count} x {per_host_batch}")
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                                prefetch_buffer_size=prefetch_buffer_size))
   it_ds = it_ds.batch(per_host_batch, drop_remainder=drop_remainder)
