@@ -47,7 +47,9 @@ def _args(work, data_dir, steps):
 
 
 def _start(work, data_dir, steps, env, processes=2):
-  """`processes` processes with 4 // processes devices each; returns the Popen objects."""
+  """`processes` processes with 4 // processes devices each; returns the Popen objects. With 2
+  processes the params are sharded over all 4 devices of both (fsdp=4): the EMA params for
+  the sample grid must be gathered across hosts."""
   devices = 4 // processes
   e = dict(env, XLA_FLAGS=f"{env['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}")
   multi = []
@@ -58,7 +60,9 @@ def _start(work, data_dir, steps, env, processes=2):
       multi = ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", str(processes),
                "--process_id", str(i)]
     procs.append(subprocess.Popen([sys.executable, *_args(work, data_dir, steps)[:2], *multi,
-                                   *_args(work, data_dir, steps)[2:]],
+                                   *_args(work, data_dir, steps)[2:],
+                                   *(["--config.mesh.data=1", "--config.mesh.fsdp=4"] if multi
+                                     else [])],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   env=e, cwd=REPO))
   return procs
@@ -132,17 +136,18 @@ def test_sigterm_to_one_process_saves_one_step_on_both(runs):
 
 
 def test_two_processes_equal_one_process(runs):
-  """The preempted-and-resumed 2-process run gives, step by step, what one uninterrupted
-  process with the same global batch gives: the same computation (float reduction order
-  aside), the same data on resume, one draw per global batch."""
+  """The preempted-and-resumed 2-process run (params sharded over both hosts) gives, step by
+  step, what one uninterrupted process (4 devices, data parallel) with the same global batch
+  gives: the same computation (float reduction order aside), the same data on resume, one draw
+  per global batch, and the same sample grid (EMA params gathered across hosts)."""
   two, _, _, _, one = runs
   assert sorted(_by_step(two)) == sorted(_by_step(one)) == list(range(1, STEPS + 1))
   for key in ("loss", "loss_simple", "grad_norm", "loss_disc"):
     a, b = _by_step(two, key), _by_step(one, key)
     for s in range(1, STEPS + 1):
-      assert a[s] == pytest.approx(b[s], rel=1e-5, abs=1e-6), (key, s)
+      assert a[s] == pytest.approx(b[s], rel=1e-4, abs=1e-6), (key, s)
   assert _by_step(two, "val_loss")[STEPS] == pytest.approx(_by_step(one, "val_loss")[STEPS],
-                                                           rel=1e-5)
+                                                           rel=1e-4)
   # Quartile losses logged: only quartiles that held a clip, finite.
   assert any(k.startswith("loss_simple/q") for r in _rows(two) for k in r)
   assert all(np.isfinite(r[k]) for r in _rows(two) for k in r if "/q" in k)
