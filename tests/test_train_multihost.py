@@ -11,7 +11,6 @@ gives up after 30 s. (`jax_share_binary_between_hosts` would deadlock here for t
 """
 
 import json
-import os
 import pathlib
 import signal
 import socket
