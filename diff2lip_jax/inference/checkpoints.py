@@ -127,8 +127,10 @@ def save(directory: str | os.PathLike, params: Any, flags: Mapping[str, Any],
 def write_workdir_files(workdir: str | os.PathLike, flags: Mapping[str, Any],
                         config: Mapping[str, Any]) -> None:
   """Records a training run's architecture (`model_flags.json`) and its whole config
-  (`config.json`) in the workdir, so that the workdir names a model."""
-  workdir = pathlib.Path(workdir)
+  (`config.json`) in the workdir, so that the workdir names a model (local or `gs://`: etils
+  epath)."""
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / FLAGS_FILE).write_text(json.dumps(model_config.full_flags(flags), indent=1))
   (workdir / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True, default=str))

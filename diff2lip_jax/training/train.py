@@ -95,11 +95,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                jax.process_count())
   per_host = data_setup.check_batch_size("batch_size", config.batch_size, mesh,
                                          config.accum_steps)
-  if jax.process_index() == 0 and paths.is_local(workdir):
+  if jax.process_index() == 0:
     checkpoints.write_workdir_files(workdir, config.model.to_dict(), config.to_dict())
-  elif jax.process_index() == 0:  # inference.checkpoints reads and writes local paths only
-    logging.warning("%s is remote: model_flags.json/config.json not written; load_model needs "
-                    "a local copy of the workdir", workdir)
   dtype = jnp.dtype(config.dtype)
   model = model_from_flags(config.model.to_dict(), dtype=dtype)
   diffusion = make_diffusion(config.diffusion.steps, config.diffusion.noise_schedule)
