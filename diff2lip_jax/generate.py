@@ -44,7 +44,8 @@ _PRESET = flags.DEFINE_enum("preset", "default", list(options_lib.PRESETS),
                             "count, uint8 truncation, CRF 23, torch seed noise)")
 # Options: each flag overrides the preset only when given.
 flags.DEFINE_enum("sampler", None, list(options_lib.SAMPLERS), "sampler (default ddim)")
-flags.DEFINE_integer("steps", None, "solver steps for dpmpp_2m/unipc")
+flags.DEFINE_integer("steps", None, "solver steps for dpmpp_2m/unipc; ddim with steps N: "
+                     "the trailing N-step grid of distilled students")
 flags.DEFINE_string("timestep_respacing", None, "ddim/ddpm steps: ddim25 (default), ddim10, 250")
 flags.DEFINE_boolean("use_ddim", None, "DDIM (True) or ancestral sampling")
 flags.DEFINE_float("eta", None, "DDIM eta (default 0)")

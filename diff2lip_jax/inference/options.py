@@ -45,7 +45,8 @@ class LipsyncOptions:
 
   Sampling:
     sampler: "ddim" (upstream), "ddpm", "dpmpp_2m", "unipc".
-    steps: solver steps for dpmpp_2m/unipc; 0 for ddim/ddpm, which use `timestep_respacing`.
+    steps: solver steps for dpmpp_2m/unipc; for ddim/ddpm 0 means `timestep_respacing`, and ddim
+      with steps N > 0 samples the trailing grid t = 1000k/N - 1 (distilled students).
     timestep_respacing: upstream's "ddim25", "250", "10,10,5", ...
     use_ddim: upstream flag (sampler "ddpm" is use_ddim=False).
     eta: DDIM η (0: deterministic).
