@@ -3,7 +3,6 @@
 import pathlib
 
 import nbformat
-import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "colabs" / "inference.ipynb"

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from diff2lip_jax.diffusion import make_diffusion, sample_loop, solvers
-from diff2lip_jax.inference.sampler import build_sampler
 
 AC = solvers.discrete_alphas_cumprod()
 

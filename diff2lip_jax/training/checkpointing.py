@@ -104,6 +104,19 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, shardings: Any,
   return restored[STATE_ITEM], step
 
 
+def restore_or_init(manager: ocp.CheckpointManager, abstract_state: Any, shardings: Any,
+                    data_iter: Any, init: Any, per_host_batch: Optional[int] = None
+                    ) -> tuple[Any, int]:
+  """`restore` the latest checkpoint, or start from `init()` (a fresh state placed with
+  `shardings`) at step 0: what every training loop does on start. Returns (state, step)."""
+  state, step = restore(manager, abstract_state, shardings, data_iter,
+                        per_host_batch=per_host_batch)
+  if state is None:
+    return init(), 0
+  logging.info("resumed from %s at step %d", manager.directory, step)
+  return state, step
+
+
 class Preemption:
   """Whether to save and stop at a step: `reached(step)`, called exactly once per step on every
   process (see the module docstring). True at most once per run."""

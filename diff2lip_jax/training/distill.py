@@ -258,12 +258,9 @@ def distill_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Pa
       next(make_iter(split=config.data.eval_split, seed=config.seed + 1)), mesh)
   manager = checkpointing.make_manager(workdir, config.checkpoint_every, config.keep_checkpoints,
                                        config.keep_best, config.async_checkpointing)
-  state, start = checkpointing.restore(manager, abstract, shardings, train_iter,
-                                       per_host_batch=per_host)
-  if state is None:
-    state, start = jax.jit(init_fn, out_shardings=shardings)(), 0
-  else:
-    logging.info("resumed from %s at step %d", manager.directory, start)
+  state, start = checkpointing.restore_or_init(
+      manager, abstract, shardings, train_iter,
+      lambda: jax.jit(init_fn, out_shardings=shardings)(), per_host_batch=per_host)
   val_loss = jax.jit(lambda p, t, b, s: loss_fn(p, t, b, jax.random.PRNGKey(config.seed), s)[0])
   samplers: dict[int, Callable] = {}
   writer = metrics_lib.MetricWriter(workdir)

@@ -84,12 +84,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   manager = checkpointing.make_manager(workdir, config.checkpoint_every, config.keep_checkpoints,
                                        config.keep_best, config.async_checkpointing)
-  state, start = checkpointing.restore(manager, abstract, shardings, train_iter,
-                                       per_host_batch=per_host)
-  if state is None:
-    state, start = syncnet_step.init_state(model, tx, config.seed, shardings), 0
-  else:
-    logging.info("resumed from %s at step %d", manager.directory, start)
+  state, start = checkpointing.restore_or_init(
+      manager, abstract, shardings, train_iter,
+      lambda: syncnet_step.init_state(model, tx, config.seed, shardings), per_host_batch=per_host)
 
   train_batch = jax.tree.map(  # the train batch's shapes: the val batch with batch_size rows
       lambda x: jax.ShapeDtypeStruct((config.batch_size, *x.shape[1:]), x.dtype,

@@ -140,12 +140,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   manager = checkpointing.make_manager(workdir, config.checkpoint_every, config.keep_checkpoints,
                                        config.keep_best, config.async_checkpointing)
-  state, start = checkpointing.restore(manager, abstract, shardings, train_iter,
-                                       per_host_batch=per_host)
-  if state is None:
-    state, start = jax.jit(init_fn, out_shardings=shardings)(), 0
-  else:
-    logging.info("resumed from %s at step %d", manager.directory, start)
+  state, start = checkpointing.restore_or_init(
+      manager, abstract, shardings, train_iter,
+      lambda: jax.jit(init_fn, out_shardings=shardings)(), per_host_batch=per_host)
 
   val_loss = make_val_loss(model, diffusion, config.face_hide_percentage)
   sampler = make_sampler(model, make_diffusion(config.diffusion.steps, config.diffusion.noise_schedule,
