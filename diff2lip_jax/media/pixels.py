@@ -43,8 +43,3 @@ def to_uint8(x: Any, rounding: str = "round") -> np.ndarray:
     return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
   raise ValueError(f"rounding must be one of {ROUNDING}, got {rounding!r}")
 
-
-def to_unit_interval(x: Any) -> Any:
-  """uint8 0..255 -> float32 in [0, 1] (x / 255), for metrics and Inception."""
-  xp = _xp(x)
-  return xp.asarray(x, xp.float32) / 255.0

@@ -23,6 +23,7 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
+from diff2lip_jax.media import pixels
 from diff2lip_jax.training import paths
 
 METRICS_FILE = "metrics.jsonl"
@@ -102,7 +103,7 @@ def image_grid(rows: list[np.ndarray]) -> np.ndarray:
   """Stacks rows of frames into one image: each row [N, S, S, 3] in [-1, 1] -> [R*S, N*S, 3] uint8."""
   lines = [np.concatenate(list(np.asarray(r)), axis=1) for r in rows]
   grid = np.concatenate(lines, axis=0)
-  return np.clip(np.round((grid + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  return pixels.to_uint8(grid)
 
 
 class Throughput:

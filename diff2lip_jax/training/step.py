@@ -31,6 +31,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from diff2lip_jax.media import pixels
 from diff2lip_jax import sharding
 from diff2lip_jax.diffusion import Diffusion, training_losses
 from diff2lip_jax.models.discriminator import PatchDiscriminator
@@ -103,7 +104,7 @@ class LossWeights:
 
 def _to_unit(x: jax.Array, size: int) -> jax.Array:
   """uint8 [..., S, S, 3] -> float32 in [-1, 1], resized to `size` if needed."""
-  x = x.astype(jnp.float32) / 127.5 - 1.0
+  x = pixels.to_unit(x)
   if x.shape[-2] != size:
     x = jax.image.resize(x, (*x.shape[:-3], size, size, 3), "bilinear")
   return x

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from diff2lip_jax.media import pixels
 from diff2lip_jax import sharding
 from diff2lip_jax.models import syncnet
 from diff2lip_jax.training import losses
@@ -51,7 +52,7 @@ class SyncNetState:
 def face_input(faces: jax.Array) -> jax.Array:
   """uint8 [B, 5, S, S, 3] RGB crops -> [B, 48, 96, 15] float32 in [0, 1], the expert's input
   (`losses.sync_face_input` of the crops in [-1, 1])."""
-  return losses.sync_face_input(faces.astype(jnp.float32) / 127.5 - 1.0)
+  return losses.sync_face_input(pixels.to_unit(faces))
 
 
 def _forward(model: syncnet.Wav2LipSyncNet, variables: dict, batch: Batch, train: bool):

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from diff2lip_jax.media import pixels
 from diff2lip_jax.inference import checkpoints
 from diff2lip_jax import sharding
 from diff2lip_jax.diffusion import make_diffusion
@@ -208,7 +209,7 @@ def _write_samples(writer, step, sampler, model, params, fixed_batch, config) ->
   if not writer.enabled:
     return
   size = model.image_size
-  unit = lambda x: jax.image.resize(jnp.asarray(x, jnp.float32) / 127.5 - 1.0,
+  unit = lambda x: jax.image.resize(pixels.to_unit(x),
                                     (x.shape[0], size, size, 3), "bilinear")
   faces, refs = unit(clip["image"]), unit(clip["ref_img"])
   noise = jax.random.normal(jax.random.PRNGKey(config.seed), (1, size, size, 3))
