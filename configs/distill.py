@@ -23,7 +23,6 @@ def get_config(mode: str = "") -> ml_collections.ConfigDict:
   c.teacher_steps = 32                # DDIM steps of the first teacher ("trailing" grid)
   c.student_steps = 4                 # the final student's steps; teacher_steps / 2^k
   c.steps_per_round = 8000            # optimizer steps per halving
-  c.weighting = "landing"             # or "truncated_snr" (training.distill docstring)
   for key in ("seed", "dtype", "face_hide_percentage", "diffusion", "data", "batch_size",
               "mesh", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
               "keep_best", "async_checkpointing"):

@@ -39,6 +39,6 @@ def test_one_student_step_with_the_target_lands_on_two_teacher_steps():
   for t, t_next in ((999, 499), (499, -1), (249, 124)):
     (a, s), (a2, s2) = coef(t), coef(t_next)
     z_t, z_next = rng.normal(size=(2, 4, 4, 3)), rng.normal(size=(2, 4, 4, 3))
-    eps = np.asarray(distill.target_eps(z_t, z_next, a, s, a2, s2))
-    x_hat = (z_t - s * eps) / a                       # the student's DDIM step with ε̃
+    x_hat = np.asarray(distill.target_xstart(z_t, z_next, a, s, a2, s2))
+    eps = (z_t - a * x_hat) / s                       # the student's DDIM step with x̃
     np.testing.assert_allclose(a2 * x_hat + s2 * eps, z_next, atol=1e-9)

@@ -183,7 +183,7 @@ def test_solvers_beat_ddim_on_the_small_model(small_model_params, small_ode):
   UniPC at 10 and 20 steps are closer to DDIM-1000 than DDIM at the same steps, on upstream's
   ddimN grid (which starts at t = 900 and is 40x worse) and on the same time-uniform grid.
 
-  Their observed order from 10 to 20 steps is 1.7-1.9 here, not the >= 1.8 asked for both:
+  Their observed order from 10 to 20 steps is 1.73 (2M) and 1.93 (UniPC), not >= 1.8 for both:
   this model's weights are random and its ε is rough in t (the change of ε from t to t+1 is
   a fresh random-like vector: |Δ²ε| ≈ |Δε|, checked below), because its time embedding feeds
   cos/sin(t f) with f up to 1 rad per step to untrained layers. A multistep solver samples that
@@ -199,7 +199,11 @@ def test_solvers_beat_ddim_on_the_small_model(small_model_params, small_ode):
     for i in range(2):
       assert errs[name][i] < errs["ddim (time-uniform grid)"][i] / 1.5
       assert errs[name][i] < errs["ddim (upstream ddimN grid)"][i] / 10
-    assert np.log2(errs[name][0] / errs[name][1]) >= 1.5, (name, errs[name])
+  # Measured: UniPC 1.93 (issue's >= 1.8 met), DPM-Solver++(2M) 1.73 (1.71 on the
+  # time-uniform grid); see the docstring for why 2M falls short on these random weights.
+  order = {name: np.log2(errs[name][0] / errs[name][1]) for name in SOLVER_ROWS}
+  assert order["unipc bh2 p=2 (time-uniform)"] >= 1.8, errs
+  assert order["dpmpp_2m (logSNR grid)"] >= 1.65, errs
   assert _roughness(eps, params) > 0.5
 
 

@@ -17,21 +17,21 @@ data (`diffusion.solvers.trailing_timestep`), which nests (grid N ⊂ grid 2N) a
 needs, and which `build_sampler(sampler="ddim", steps=N)` samples.
 
 Loss: the target x̃ is the x_0 that makes one DDIM step from z_t reach the teacher's z_{t''}
-(Algorithm 2): x̃ = (z_{t''} - (σ_{t''}/σ_t) z_t) / (α_{t''} - (σ_{t''}/σ_t) α_t); the ε-student is
-trained on ε̃ = (z_t - α_t x̃) / σ_t, on the regenerated (masked) half, weighted by `weighting`:
-  "landing" (default): the squared distance between where the student's step lands and where
-    the teacher's two steps land, ‖ẑ_{t''} - z_{t''}‖² = c² ‖ε̂ - ε̃‖² with
-    c = σ_{t''} - α_{t''} σ_t / α_t (the DDIM step's gain on ε). Our choice, not the paper's:
-    it keeps every grid point's step in one unit (4 steps: weights 66 : 15 : 3.3 : 0.9).
-  "truncated_snr": the paper's max(‖x̂ - x̃‖², SNR_t ‖x̂ - x̃‖²) = max(1/SNR_t, 1) ‖ε̂ - ε̃‖²
-    (§4). With this ε-model it weighs t = 999 25000x more than t = 249 (the paper moves away
-    from ε-prediction for that reason).
-Status (issue 13): the job runs, resumes bit-exactly after SIGKILL and its student fits the
-target (ε-MSE 0.6 -> 0.15 in 120 debug steps), but in that short debug run (a 40-step debug
-teacher, 8 -> 4 steps) the 4-step student's samples were further from the teacher's DDIM-32
-than the teacher's own DDIM-4, with either weighting: its first step lands 7x further from the
-teacher's two steps than the teacher's one step does. Longer rounds, a lower learning rate and
-a trained teacher are untested.
+(Algorithm 2): x̃ = (z_{t''} - (σ_{t''}/σ_t) z_t) / (α_{t''} - (σ_{t''}/σ_t) α_t). The loss is the
+squared distance between where the student's sampler step lands and where the teacher's two
+steps land, ‖ẑ_{t''} - z_{t''}‖² = (α_{t''} - σ_{t''} α_t / σ_t)² ‖clip(x̂) - x̃‖² on the
+regenerated (masked) half, with the student's x̂ clipped as the sampler clips it and a
+straight-through gradient through the clip (at t = 999, 99% of an ε-model's x̂ lie outside
+[-1, 1]: an unclipped loss spends the student's capacity on errors the sampler never sees).
+States: z_t is where the *student's own* N-step sampler is at grid point k, from x_T with the
+x_T-filled `cond_img` of inference (Salimans & Ho train on noised data, z_t = α_t x + σ_t ε,
+which is the same distribution only for a perfect teacher; on the debug setup those states
+made the student worse than the teacher's own DDIM).
+Measured (debug setup: a 300-step `configs/debug.py` teacher, `configs/distill.py:debug`,
+8 -> 4 -> 2 in two rounds of 100 steps, 4 clips, RMS on the lower half against the teacher's
+DDIM-32 from the same noise): the 2-step student 0.309, the teacher's own DDIM-2 0.480 (trailing
+grid; upstream's ddim2 grid 0.513); a 1-round 4 -> 2 run of 150 steps: 0.409 (lr 1e-4), 0.440
+(lr 3e-5). With a weaker 40-step teacher the student did not beat its DDIM-2 (0.221 vs 0.170).
 Teacher x̂ are clipped to [-1, 1] (`clip_denoised`, as the sampler runs). The learned-variance
 channels are not trained (DDIM does not use them).
 
@@ -105,37 +105,31 @@ def init_distill_state(rng: jax.Array, teacher_params: Any,
 
 
 def _coefs(ac: jax.Array, t: jax.Array):
-  """(α, σ) at integer t [B, 1, 1, 1]; t = -1 is clean data (α 1, σ 0)."""
+  """(α, σ) at an integer t (traced scalar); t = -1 is clean data (α 1, σ 0)."""
   a2 = jnp.where(t < 0, 1.0, ac[jnp.maximum(t, 0)])
   return jnp.sqrt(a2), jnp.sqrt(1.0 - a2)
 
 
-def target_eps(z_t: jax.Array, z_next: jax.Array, a_t, s_t, a_next, s_next) -> jax.Array:
-  """ε̃ such that one DDIM step from (z_t, t) with ε̃ reaches z_next at t'' (arrays like z_t;
-  coefficients broadcastable; a_next = 1, s_next = 0 for clean data). Salimans & Ho 2022,
-  Algorithm 2: x̃ = (z'' - (σ''/σ_t) z_t) / (α'' - (σ''/σ_t) α_t), ε̃ = (z_t - α_t x̃) / σ_t."""
+def target_xstart(z_t: jax.Array, z_next: jax.Array, a_t, s_t, a_next, s_next) -> jax.Array:
+  """x̃ such that one DDIM step from (z_t, t) with x̂_0 = x̃ reaches z_next at t'' (arrays like
+  z_t; coefficients broadcastable; a_next = 1, s_next = 0 for clean data). Salimans & Ho 2022,
+  Algorithm 2: x̃ = (z'' - (σ''/σ_t) z_t) / (α'' - (σ''/σ_t) α_t). When z'' comes from two
+  clipped DDIM steps, x̃ is a convex combination of their x̂_0, so it lies in [-1, 1] too."""
   ratio = s_next / s_t
-  x_tilde = (z_next - ratio * z_t) / (a_next - ratio * a_t)
-  return (z_t - a_t * x_tilde) / s_t
+  return (z_next - ratio * z_t) / (a_next - ratio * a_t)
 
 
 def make_distill_loss(model: TFGModel, *, teacher_steps: int, steps_per_round: int,
                       rounds: int, face_hide_percentage: float = 0.5,
-                      weighting: str = "landing",
                       diffusion_steps: int = 1000, noise_schedule: str = "linear"
                       ) -> Callable[..., tuple[jax.Array, dict]]:
   """`loss(student_params, teacher_params, batch, key, step) -> (loss, metrics)`.
 
   batch: the train batch of `training.step` (image/ref_img [B, F, S, S, 3] uint8, indiv_mels
-  [B, F, 80, 16]); one student grid point per clip, uniform over 1..N (N from `step`).
-  weighting: "landing" or "truncated_snr" (module docstring).
-
-  Raises:
-    ValueError: an unknown weighting.
+  [B, F, 80, 16]). One student grid point k (uniform over 1..N, N from `step`) per batch; the
+  state there is where the student's own sampler puts it (module docstring), so the N - k
+  steps before it cost N - k forward passes of the student (no gradient), N/2 on average.
   """
-  if weighting not in ("landing", "truncated_snr"):
-    raise ValueError(f"unknown distillation weighting {weighting!r}; use landing or "
-                     "truncated_snr")
   ac = jnp.asarray(discrete_alphas_cumprod(diffusion_steps, noise_schedule), jnp.float32)
   size = model.image_size
   mask = lower_face_mask(size, face_hide_percentage)
@@ -148,32 +142,36 @@ def make_distill_loss(model: TFGModel, *, teacher_steps: int, steps_per_round: i
     x0 = frames.reshape(b * f, size, size, 3)
     ref = _to_unit(mb["ref_img"], size).reshape(b * f, size, size, 3)
     mels = mb["indiv_mels"].reshape(b * f, *mb["indiv_mels"].shape[2:])
-    k_i, k_noise, k_cond = jax.random.split(key, 3)
-    k = jnp.repeat(jax.random.randint(k_i, (b,), 1, n + 1), f)   # student point per clip
+    k_i, k_noise = jax.random.split(key)
+    k = jax.random.randint(k_i, (), 1, n + 1)
+    # x_T shared by the frames of a clip and filling cond_img's masked rows, as sampled.
+    x_T = jnp.repeat(jax.random.normal(k_noise, (b, size, size, 3)), f, axis=0)
+    cond = make_cond_img(x0, mask, x_T)
+    at = lambda u: jnp.full((b * f,), u, jnp.int32)
+
+    def x_hat(p, z, t):
+      a, s = _coefs(ac, t)
+      eps = model.apply({"params": p}, z, at(t), cond, mask, ref, mels)[..., :3]
+      return (z - s * eps.astype(jnp.float32)) / a
+
+    def ddim(p, z, t, t_to):  # the sampler's step: x̂ clipped, ε recomputed from it
+      (a, s), (a_to, s_to) = _coefs(ac, t), _coefs(ac, t_to)
+      x = jnp.clip(x_hat(p, z, t), -1.0, 1.0)
+      return a_to * x + s_to * (z - a * x) / s
+
+    frozen = jax.lax.stop_gradient(params)
+    z_t = jax.lax.fori_loop(0, n - k, lambda j, z: ddim(frozen, z, grid(n - j, n),
+                                                        grid(n - j - 1, n)), x_T)
     t, t_mid, t_next = grid(k, n), grid(2 * k - 1, 2 * n), grid(k - 1, n)  # k = 1: t_next -1
-    (a_t, s_t), (a_m, s_m), (a_n, s_n) = (_coefs(ac, u[:, None, None, None])
-                                          for u in (t, t_mid, t_next))
-    z_t = a_t * x0 + s_t * jax.random.normal(k_noise, x0.shape)
-    cond = make_cond_img(x0, mask, jax.random.normal(k_cond, x0.shape))
-    eps_of = lambda p, z, ts: model.apply({"params": p}, z, ts, cond, mask, ref, mels)[
-        ..., :3].astype(jnp.float32)
-
-    def teacher_ddim(z, ts, a, s, a_to, s_to):
-      x_hat = jnp.clip((z - s * eps_of(teacher, z, ts)) / a, -1.0, 1.0)
-      return a_to * x_hat + s_to * (z - a * x_hat) / s
-
-    z_mid = teacher_ddim(z_t, t, a_t, s_t, a_m, s_m)
-    z_next = jax.lax.stop_gradient(teacher_ddim(z_mid, t_mid, a_m, s_m, a_n, s_n))
-    eps_tilde = target_eps(z_t, z_next, a_t, s_t, a_n, s_n)
-    err = (eps_of(params, z_t, t) - eps_tilde) ** 2 * mask
-    per_frame = jnp.mean(err, axis=(1, 2, 3)) / jnp.mean(mask)
-    if weighting == "landing":
-      weight = ((s_n - a_n * s_t / a_t) ** 2)[:, 0, 0, 0]
-    else:
-      weight = jnp.maximum(1.0, (s_t / a_t) ** 2)[:, 0, 0, 0]      # max(1, 1/SNR)
-    loss = jnp.mean(weight * per_frame)
-    return loss, {"loss": loss, "eps_mse": jnp.mean(per_frame),
-                  "student_steps": n.astype(jnp.float32)}
+    z_mid = ddim(teacher, z_t, t, t_mid)
+    z_next = jax.lax.stop_gradient(ddim(teacher, z_mid, t_mid, t_next))
+    (a_t, s_t), (a_n, s_n) = _coefs(ac, t), _coefs(ac, t_next)
+    x_tilde = target_xstart(z_t, z_next, a_t, s_t, a_n, s_n)
+    x = x_hat(params, z_t, t)
+    x = x + jax.lax.stop_gradient(jnp.clip(x, -1.0, 1.0) - x)   # clipped, straight-through
+    x_mse = jnp.sum((x - x_tilde) ** 2 * mask) / (jnp.sum(mask) * b * f * 3)
+    loss = (a_n - s_n * a_t / s_t) ** 2 * x_mse    # = mean squared landing distance
+    return loss, {"loss": loss, "x_mse": x_mse, "student_steps": n.astype(jnp.float32)}
 
   return loss_fn
 
@@ -239,7 +237,6 @@ def distill_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Pa
   loss_fn = make_distill_loss(model, teacher_steps=config.teacher_steps,
                               steps_per_round=config.steps_per_round, rounds=rounds,
                               face_hide_percentage=config.face_hide_percentage,
-                              weighting=config.weighting,
                               diffusion_steps=config.diffusion.steps,
                               noise_schedule=config.diffusion.noise_schedule)
   step_fn = make_distill_step(loss_fn, tx, steps_per_round=config.steps_per_round,
