@@ -157,7 +157,7 @@ def time_calls(fn: Callable[[], Any], warmup: int, iters: int,
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - t0)
   if profile_dir:
-    with jax.profiler.trace(profile_dir):
+    with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
       for _ in range(3):
         jax.block_until_ready(fn())
   return times, compile_s

@@ -80,3 +80,31 @@ def test_released_forward_flops_match_upstream_count():
   from diff2lip_jax.models import RELEASED_FLAGS, model_from_flags  # pylint: disable=import-outside-toplevel
   gflop = flops.model_forward_flops(model_from_flags(RELEASED_FLAGS)) / 1e9
   assert abs(gflop - 157.4) < 0.1, gflop
+
+
+def test_profile_top_sums_device_kernels_by_group(tmp_path):
+  """bench/profile_top.py on a hand-made Perfetto trace: host events are ignored, kernels are
+  summed over calls and grouped (convolution / matmul / fusion)."""
+  import gzip
+  run = tmp_path / "prof" / "forward" / "plugins" / "profile" / "run"
+  run.mkdir(parents=True)
+  conv = "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_cudnn"
+  events = [
+      {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+      {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}},
+      {"ph": "X", "pid": 1, "name": conv, "dur": 200.0},
+      {"ph": "X", "pid": 1, "name": conv, "dur": 100.0},
+      {"ph": "X", "pid": 1, "name": "nvjet_sm90_tss_256x128", "dur": 60.0},
+      {"ph": "X", "pid": 1, "name": "loop_multiply_fusion_86", "dur": 40.0},
+      {"ph": "X", "pid": 2, "name": "PjitFunction(step)", "dur": 5000.0},
+  ]
+  with gzip.open(run / "perfetto_trace.json.gz", "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  out = subprocess.run([sys.executable, str(REPO / "bench" / "profile_top.py"),
+                        str(tmp_path / "prof")], capture_output=True, text=True, check=True)
+  rows = [json.loads(line) for line in out.stdout.splitlines()]
+  kernels = [r for r in rows if "kernel" in r]
+  assert kernels[0] == {"kernel": conv, "ms": 0.3, "share": 0.75, "count": 2}
+  assert [r["kernel"] for r in kernels][1:] == ["nvjet_sm90_tss_256x128", "loop_multiply_fusion_86"]
+  assert rows[-1] == {"device_busy_ms": 0.4,
+                      "groups_ms": {"convolution": 0.3, "matmul": 0.06, "fusion": 0.04}}
