@@ -134,7 +134,11 @@ def test_killed_distillation_resumes_with_the_same_losses(distilled, tmp_path):
   args = _distill_args(data, teacher, work, "--config.checkpoint_every=5", "--config.log_every=1")
   _run_until(args, lambda: (work / "checkpoints" / "5" / "_CHECKPOINT_METADATA").exists())
   lines_before = len((work / "metrics.jsonl").read_text().splitlines())
-  logged = lambda: 20 in _losses(work)
+  def logged():  # read while the run appends: a line may be half written
+    try:
+      return 20 in _losses(work)
+    except json.JSONDecodeError:
+      return False
   _run_until(args, logged)
   rows = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
   pre = {r["step"]: r["loss"] for r in rows[:lines_before] if "loss" in r}
