@@ -177,9 +177,7 @@ class VideoWriter:
     self._frame_fmt = pix_fmt
     vstream = self._container.add_stream("libx264", rate=self.rate)
     vstream.width, vstream.height, vstream.pix_fmt = w, h, pix_fmt
-    # mbtree=0: with mb-tree on, PyAV's bundled libx264 (core 165) gave different bytes from run
-    # to run for some widths (80, 96, 160, 352 px; uninitialised reads); off, it costs ~8% bytes
-    # and -0.3 dB PSNR at crf 18 on a face clip (see the module docstring).
+    # mbtree=0: the same frames give the same bytes (why and its cost: module docstring).
     vstream.options = {"crf": str(int(self.crf)), "preset": self.preset,
                        "x264-params": "mbtree=0"}
     cc = vstream.codec_context
