@@ -18,6 +18,7 @@ import pytest
 
 from diff2lip_jax.diffusion import solvers
 from diff2lip_jax.training import distill
+from diff2lip_jax.training.metrics import read_metrics
 
 
 def test_rounds_and_student_steps():
@@ -62,8 +63,7 @@ def _distill_args(data, teacher, workdir, *extra):
 
 
 def _losses(workdir) -> dict[int, float]:
-  rows = [json.loads(l) for l in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-  return {r["step"]: r["loss"] for r in rows if "loss" in r}
+  return {r["step"]: r["loss"] for r in read_metrics(workdir) if "loss" in r}
 
 
 @pytest.fixture(scope="module")
@@ -133,14 +133,14 @@ def test_killed_distillation_resumes_with_the_same_losses(distilled, tmp_path):
   work = tmp_path / "killed"
   args = _distill_args(data, teacher, work, "--config.checkpoint_every=5", "--config.log_every=1")
   _run_until(args, lambda: (work / "checkpoints" / "5" / "_CHECKPOINT_METADATA").exists())
-  lines_before = len((work / "metrics.jsonl").read_text().splitlines())
+  lines_before = len(read_metrics(work))
   def logged():  # read while the run appends: a line may be half written
     try:
       return 20 in _losses(work)
     except json.JSONDecodeError:
       return False
   _run_until(args, logged)
-  rows = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
+  rows = read_metrics(work)
   pre = {r["step"]: r["loss"] for r in rows[:lines_before] if "loss" in r}
   post = {r["step"]: r["loss"] for r in rows[lines_before:] if "loss" in r}
   assert max(pre) < 20 and min(post) == 6, (sorted(pre), sorted(post))  # from the checkpoint

@@ -14,6 +14,8 @@ import time
 import numpy as np
 import pytest
 
+from diff2lip_jax.training.metrics import read_metrics
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -60,8 +62,7 @@ def _launch(workdir, data_dir, steps):
 
 
 def _losses(workdir, key="loss") -> dict[int, float]:
-  rows = [json.loads(l) for l in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-  return {r["step"]: r[key] for r in rows if key in r}
+  return {r["step"]: r[key] for r in read_metrics(workdir) if key in r}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_loss_quartiles_are_logged(long_run):
   """Every logged row has per-t-quartile losses for the quartiles its 2 clips fell in (no fake
   zeros); over the run every quartile appears."""
   work, _ = long_run
-  rows = [r for r in (json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines())
+  rows = [r for r in read_metrics(work)
           if "loss" in r]
   seen = set()
   for r in rows:
@@ -149,13 +150,13 @@ def test_killed_run_resumes_bit_for_bit(long_run, tmp_path, env):
   proc.wait()
   killed_at = max(_losses(work))
   assert killed_at < STEPS
-  lines_before = len((work / "metrics.jsonl").read_text().splitlines())
+  lines_before = len(read_metrics(work))
   resume_to = 2 * CKPT
   r = subprocess.run(_launch(work, data_dir, resume_to), capture_output=True, text=True, env=env,
                      cwd=REPO, check=False)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "resumed" in r.stderr
-  resumed = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
+  resumed = read_metrics(work)
   after = {row["step"]: row["loss"] for row in resumed[lines_before:] if "loss" in row}
   reference = _losses(work_a)
   assert sorted(after) == list(range(CKPT + 1, resume_to + 1))

@@ -10,7 +10,6 @@ its steps ahead and meets at a barrier (`data_setup.compile_in_step`) because a 
 gives up after 30 s. (`jax_share_binary_between_hosts` would deadlock here for the same reason.)
 """
 
-import json
 import pathlib
 import signal
 import socket
@@ -21,6 +20,8 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
+
+from diff2lip_jax.training.metrics import read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS, CKPT, BATCH = 5, 3, 4
@@ -78,13 +79,8 @@ def _finish(procs) -> list[str]:
   return [err for _, err in outs]
 
 
-def _rows(work) -> list[dict]:
-  path = pathlib.Path(work) / "metrics.jsonl"
-  return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
-
-
 def _by_step(work, key="loss") -> dict[int, float]:
-  return {r["step"]: r[key] for r in _rows(work) if key in r}
+  return {r["step"]: r[key] for r in read_metrics(work) if key in r}
 
 
 def _grid(work, step) -> np.ndarray:
@@ -110,7 +106,7 @@ def runs(tmp_path_factory, env):
   procs[1].send_signal(signal.SIGTERM)
   errs = _finish(procs)
   stop = max(int(p.name) for p in (two / "checkpoints").iterdir() if p.name.isdigit())
-  rows_before = len(_rows(two))
+  rows_before = len(read_metrics(two))
   print(f"2 processes until SIGTERM (step {stop}): {time.perf_counter() - t:.0f} s")
   t = time.perf_counter()
   _finish(_start(two, data_dir, STEPS, env))
@@ -130,7 +126,7 @@ def test_sigterm_to_one_process_saves_one_step_on_both(runs):
     assert f"preempted: saved step {stop} on all 2 processes" in err
   assert sorted(p.name for p in (two / "checkpoints" / str(stop) / "data").glob("*.json")) == [
       "process_0-of-2.json", "process_1-of-2.json"]
-  resumed = [r["step"] for r in _rows(two)[rows_before:] if "loss" in r]
+  resumed = [r["step"] for r in read_metrics(two)[rows_before:] if "loss" in r]
   assert resumed == list(range(stop + 1, STEPS + 1))
 
 
@@ -148,8 +144,8 @@ def test_two_processes_equal_one_process(runs):
   assert _by_step(two, "val_loss")[STEPS] == pytest.approx(_by_step(one, "val_loss")[STEPS],
                                                            rel=1e-4)
   # Quartile losses logged: only quartiles that held a clip, finite.
-  assert any(k.startswith("loss_simple/q") for r in _rows(two) for k in r)
-  assert all(np.isfinite(r[k]) for r in _rows(two) for k in r if "/q" in k)
+  assert any(k.startswith("loss_simple/q") for r in read_metrics(two) for k in r)
+  assert all(np.isfinite(r[k]) for r in read_metrics(two) for k in r if "/q" in k)
   # The sample grid is of the same clip with the same params on 2 processes as on 1.
   a, b = _grid(two, STEPS), _grid(one, STEPS)
   assert a.shape == b.shape and np.mean(a == b) > 0.99 and np.abs(a - b).max() <= 2

@@ -5,7 +5,6 @@ The launch runs in subprocesses (a resumed run must be a fresh process) that sha
 compilation cache, so the resumed run does not compile again; XLA's CPU back-end optimisations
 are turned down for them (compile time dominates these few-step runs on a 2-core CPU)."""
 
-import json
 import pathlib
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from diff2lip_jax.data import pipeline, sync_pairs, windows
 from diff2lip_jax.media import audio
 from diff2lip_jax.models import syncnet
 from diff2lip_jax.training import expert, syncnet_step
+from diff2lip_jax.training.metrics import read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -136,7 +136,7 @@ def test_debug_launch_resumes_and_main_training_loads_it(dataset, env, tmp_path)
   _launch(work, dataset, env, 2)
   r = _launch(work, dataset, env, 3)
   assert "resumed from" in r.stderr and "at step 2" in r.stderr
-  rows = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
+  rows = read_metrics(work)
   train = {r["step"]: r for r in rows if "accuracy" in r}
   val = {r["step"]: r for r in rows if "val_accuracy" in r}
   assert sorted(train) == [1, 2, 3] and sorted(val) == [2, 3]

@@ -31,6 +31,17 @@ TENSORBOARD_DIR = "tensorboard"
 SAMPLES_DIR = "samples"
 
 
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+  """The rows of `workdir/metrics.jsonl` in the order written: {"step": int, name: float, ...}
+  (one row per `MetricWriter.scalars` call; [] when the file does not exist yet).
+
+  Raises:
+    json.JSONDecodeError: a line that is not JSON (e.g. read while a run is appending it).
+  """
+  path = epath.Path(workdir) / METRICS_FILE
+  return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+
+
 class MetricWriter:
   """Writes scalars and images from process 0; other processes write nothing."""
 
